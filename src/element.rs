@@ -1,0 +1,252 @@
+//! The element types the kernel runs on (`f32`, `f64`) and the sealed SIMD vocabulary behind them.
+
+use core::fmt::{Debug, Display};
+use pulp::Simd;
+
+/// A floating-point element type the optimizer steps: implemented for `f32` and `f64` only.
+///
+/// The trait is sealed; its SIMD plumbing is private, so pulp is not part of the public API.
+pub trait Element:
+    sealed::Sealed
+    + Copy
+    + Default
+    + PartialOrd
+    + Debug
+    + Display
+    + Send
+    + Sync
+    + bytemuck::Pod
+    + 'static
+{
+    /// `"f32"` or `"f64"`.
+    const NAME: &'static str;
+    /// The largest finite value.
+    const MAX: Self;
+    /// Rounds an `f64` to this type (round to nearest even, as `as` does).
+    fn from_f64(value: f64) -> Self;
+    /// Widens to `f64` (exact).
+    fn to_f64(self) -> f64;
+    /// `true` unless NaN or infinite.
+    fn is_finite(self) -> bool;
+    /// `true` if NaN.
+    fn is_nan(self) -> bool;
+    /// The raw bits, widened to `u64`.
+    fn to_bits_u64(self) -> u64;
+}
+
+pub(crate) mod sealed {
+    use super::Simd;
+
+    /// The arithmetic the kernel and the reference use, spelled once per element type. Scalar ops
+    /// are correctly rounded IEEE operations (`fma` fused, `sqrt` exact-rounded); the vector ops map
+    /// to pulp's, with `mul_add` the always-fused one (never `mul_add_e`).
+    pub trait Sealed: Copy + Sized {
+        type Vector<S: Simd>: Copy;
+
+        fn zero() -> Self;
+        fn one() -> Self;
+        fn add(a: Self, b: Self) -> Self;
+        fn sub(a: Self, b: Self) -> Self;
+        fn mul(a: Self, b: Self) -> Self;
+        fn div(a: Self, b: Self) -> Self;
+        fn neg(a: Self) -> Self;
+        fn fma(a: Self, b: Self, c: Self) -> Self;
+        fn sqrt(a: Self) -> Self;
+
+        fn lanes<S: Simd>() -> usize;
+        fn splat<S: Simd>(simd: S, x: Self) -> Self::Vector<S>;
+        fn vadd<S: Simd>(simd: S, a: Self::Vector<S>, b: Self::Vector<S>) -> Self::Vector<S>;
+        fn vsub<S: Simd>(simd: S, a: Self::Vector<S>, b: Self::Vector<S>) -> Self::Vector<S>;
+        fn vmul<S: Simd>(simd: S, a: Self::Vector<S>, b: Self::Vector<S>) -> Self::Vector<S>;
+        fn vdiv<S: Simd>(simd: S, a: Self::Vector<S>, b: Self::Vector<S>) -> Self::Vector<S>;
+        fn vneg<S: Simd>(simd: S, a: Self::Vector<S>) -> Self::Vector<S>;
+        fn vfma<S: Simd>(
+            simd: S,
+            a: Self::Vector<S>,
+            b: Self::Vector<S>,
+            c: Self::Vector<S>,
+        ) -> Self::Vector<S>;
+        fn vsqrt<S: Simd>(simd: S, a: Self::Vector<S>) -> Self::Vector<S>;
+        fn as_simd<S: Simd>(slice: &[Self]) -> (&[Self::Vector<S>], &[Self]);
+        fn as_mut_simd<S: Simd>(slice: &mut [Self]) -> (&mut [Self::Vector<S>], &mut [Self]);
+        fn partial_load<S: Simd>(simd: S, slice: &[Self]) -> Self::Vector<S>;
+        fn partial_store<S: Simd>(simd: S, slice: &mut [Self], values: Self::Vector<S>);
+    }
+}
+
+macro_rules! impl_element {
+    ($t:ident, $fma_libm:ident, $sqrt_libm:ident, [$splat:ident, $add:ident, $sub:ident, $mul:ident, $div:ident, $neg:ident, $mul_add:ident, $sqrt:ident, $as_simd:ident, $as_mut_simd:ident, $partial_load:ident, $partial_store:ident $(,)?]) => {
+        impl Element for $t {
+            const NAME: &'static str = stringify!($t);
+            const MAX: Self = $t::MAX;
+            #[inline(always)]
+            fn from_f64(value: f64) -> Self {
+                value as $t
+            }
+            #[inline(always)]
+            fn to_f64(self) -> f64 {
+                self as f64
+            }
+            #[inline(always)]
+            fn is_finite(self) -> bool {
+                $t::is_finite(self)
+            }
+            #[inline(always)]
+            fn is_nan(self) -> bool {
+                $t::is_nan(self)
+            }
+            #[inline(always)]
+            fn to_bits_u64(self) -> u64 {
+                self.to_bits() as u64
+            }
+        }
+
+        impl sealed::Sealed for $t {
+            type Vector<S: Simd> = impl_element!(@vec S, $t);
+
+            #[inline(always)]
+            fn zero() -> Self {
+                0.0
+            }
+            #[inline(always)]
+            fn one() -> Self {
+                1.0
+            }
+            #[inline(always)]
+            fn add(a: Self, b: Self) -> Self {
+                a + b
+            }
+            #[inline(always)]
+            fn sub(a: Self, b: Self) -> Self {
+                a - b
+            }
+            #[inline(always)]
+            fn mul(a: Self, b: Self) -> Self {
+                a * b
+            }
+            #[inline(always)]
+            fn div(a: Self, b: Self) -> Self {
+                a / b
+            }
+            #[inline(always)]
+            fn neg(a: Self) -> Self {
+                -a
+            }
+            #[inline(always)]
+            fn fma(a: Self, b: Self, c: Self) -> Self {
+                #[cfg(feature = "std")]
+                return $t::mul_add(a, b, c);
+                #[cfg(not(feature = "std"))]
+                return libm::$fma_libm(a, b, c);
+            }
+            #[inline(always)]
+            fn sqrt(a: Self) -> Self {
+                #[cfg(feature = "std")]
+                return $t::sqrt(a);
+                #[cfg(not(feature = "std"))]
+                return libm::$sqrt_libm(a);
+            }
+
+            #[inline(always)]
+            fn lanes<S: Simd>() -> usize {
+                core::mem::size_of::<Self::Vector<S>>() / core::mem::size_of::<$t>()
+            }
+            #[inline(always)]
+            fn splat<S: Simd>(simd: S, x: Self) -> Self::Vector<S> {
+                simd.$splat(x)
+            }
+            #[inline(always)]
+            fn vadd<S: Simd>(simd: S, a: Self::Vector<S>, b: Self::Vector<S>) -> Self::Vector<S> {
+                simd.$add(a, b)
+            }
+            #[inline(always)]
+            fn vsub<S: Simd>(simd: S, a: Self::Vector<S>, b: Self::Vector<S>) -> Self::Vector<S> {
+                simd.$sub(a, b)
+            }
+            #[inline(always)]
+            fn vmul<S: Simd>(simd: S, a: Self::Vector<S>, b: Self::Vector<S>) -> Self::Vector<S> {
+                simd.$mul(a, b)
+            }
+            #[inline(always)]
+            fn vdiv<S: Simd>(simd: S, a: Self::Vector<S>, b: Self::Vector<S>) -> Self::Vector<S> {
+                simd.$div(a, b)
+            }
+            #[inline(always)]
+            fn vneg<S: Simd>(simd: S, a: Self::Vector<S>) -> Self::Vector<S> {
+                simd.$neg(a)
+            }
+            #[inline(always)]
+            fn vfma<S: Simd>(
+                simd: S,
+                a: Self::Vector<S>,
+                b: Self::Vector<S>,
+                c: Self::Vector<S>,
+            ) -> Self::Vector<S> {
+                // `mul_add` is fused on every backend (pulp's scalar one calls fma); `mul_add_e`
+                // is not, and would break bit-equality with the reference.
+                simd.$mul_add(a, b, c)
+            }
+            #[inline(always)]
+            fn vsqrt<S: Simd>(simd: S, a: Self::Vector<S>) -> Self::Vector<S> {
+                simd.$sqrt(a)
+            }
+            #[inline(always)]
+            fn as_simd<S: Simd>(slice: &[Self]) -> (&[Self::Vector<S>], &[Self]) {
+                S::$as_simd(slice)
+            }
+            #[inline(always)]
+            fn as_mut_simd<S: Simd>(slice: &mut [Self]) -> (&mut [Self::Vector<S>], &mut [Self]) {
+                S::$as_mut_simd(slice)
+            }
+            #[inline(always)]
+            fn partial_load<S: Simd>(simd: S, slice: &[Self]) -> Self::Vector<S> {
+                simd.$partial_load(slice)
+            }
+            #[inline(always)]
+            fn partial_store<S: Simd>(simd: S, slice: &mut [Self], values: Self::Vector<S>) {
+                simd.$partial_store(slice, values)
+            }
+        }
+    };
+    (@vec $s:ident, f32) => { $s::f32s };
+    (@vec $s:ident, f64) => { $s::f64s };
+}
+
+impl_element!(
+    f32,
+    fmaf,
+    sqrtf,
+    [
+        splat_f32s,
+        add_f32s,
+        sub_f32s,
+        mul_f32s,
+        div_f32s,
+        neg_f32s,
+        mul_add_f32s,
+        sqrt_f32s,
+        as_simd_f32s,
+        as_mut_simd_f32s,
+        partial_load_f32s,
+        partial_store_f32s,
+    ]
+);
+impl_element!(
+    f64,
+    fma,
+    sqrt,
+    [
+        splat_f64s,
+        add_f64s,
+        sub_f64s,
+        mul_f64s,
+        div_f64s,
+        neg_f64s,
+        mul_add_f64s,
+        sqrt_f64s,
+        as_simd_f64s,
+        as_mut_simd_f64s,
+        partial_load_f64s,
+        partial_store_f64s,
+    ]
+);

@@ -1,0 +1,290 @@
+//! Fused RMSprop optimizer step (PyTorch's `torch.optim.RMSprop`) over contiguous `f32`/`f64`
+//! buffers, in one pass, dispatched at run time to AVX-512, AVX2+FMA, NEON or scalar code.
+//!
+//! One step reads each parameter, gradient and state element once and writes each parameter and
+//! state element once: weight decay, the square-average EMA, optional centering, `sqrt + eps` and
+//! momentum are fused. Every backend equals the scalar [`reference`] bit for bit, and the
+//! reference follows PyTorch 2.15's CPU operation order (see [`reference`] for the exact
+//! arithmetic and `README.md` for the numerics contract).
+//!
+//! ```
+//! use rmsprop_simd::{step, Hyperparameters, State};
+//!
+//! let hp = Hyperparameters { lr: 1e-3, momentum: 0.9, ..Default::default() };
+//! let mut params = vec![0.5f32; 1000];
+//! let grads = vec![0.1f32; 1000];
+//! let mut square_avg = vec![0.0f32; 1000];
+//! let mut momentum_buffer = vec![0.0f32; 1000];
+//!
+//! let state = State::new(&mut square_avg).with_momentum_buffer(&mut momentum_buffer);
+//! step(&hp, &mut params, &grads, state)?;
+//! assert!(params[0] < 0.5);
+//! # Ok::<(), rmsprop_simd::Error>(())
+//! ```
+//!
+//! To force an implementation or keep the step on the calling thread, use a [`Kernel`].
+//!
+//! # Features
+//! - `std` (default): run-time CPU detection; without it, only the instruction sets enabled at
+//!   compile time are used, and the crate is `#![no_std]`.
+//! - `rayon` (default, implies `std`): large buffers are split across the caller's current rayon
+//!   pool (see [`Threading`]).
+#![cfg_attr(not(feature = "std"), no_std)]
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+mod backend;
+mod element;
+mod error;
+mod hyper;
+mod kernel;
+pub mod reference;
+
+pub use backend::{Backend, BackendKind};
+pub use element::Element;
+pub use error::Error;
+pub use hyper::{Coefficients, Hyperparameters};
+
+use kernel::{Buffers, Pass};
+
+/// The optimizer state of one parameter buffer, under PyTorch's names. Each buffer has the
+/// length of the parameters and starts at zero, as in PyTorch.
+///
+/// `grad_avg` must be given exactly when `centered`, `momentum_buffer` exactly when
+/// `momentum > 0` (see [`Hyperparameters::uses_state`]); anything else is an error.
+///
+/// ```
+/// use rmsprop_simd::State;
+/// let (mut v, mut ga) = (vec![0.0f64; 3], vec![0.0f64; 3]);
+/// let state = State::new(&mut v).with_grad_avg(&mut ga);
+/// assert!(state.grad_avg.is_some() && state.momentum_buffer.is_none());
+/// ```
+#[derive(Debug)]
+pub struct State<'a, T> {
+    /// Exponential average of the squared gradient (always used).
+    pub square_avg: &'a mut [T],
+    /// Exponential average of the gradient (`centered` only).
+    pub grad_avg: Option<&'a mut [T]>,
+    /// Momentum buffer (`momentum > 0` only).
+    pub momentum_buffer: Option<&'a mut [T]>,
+}
+
+impl<'a, T> State<'a, T> {
+    /// State with only `square_avg` (plain RMSprop).
+    pub fn new(square_avg: &'a mut [T]) -> Self {
+        State { square_avg, grad_avg: None, momentum_buffer: None }
+    }
+
+    /// Adds the `grad_avg` buffer (for `centered`).
+    pub fn with_grad_avg(mut self, grad_avg: &'a mut [T]) -> Self {
+        self.grad_avg = Some(grad_avg);
+        self
+    }
+
+    /// Adds the `momentum_buffer` (for `momentum > 0`).
+    pub fn with_momentum_buffer(mut self, momentum_buffer: &'a mut [T]) -> Self {
+        self.momentum_buffer = Some(momentum_buffer);
+        self
+    }
+}
+
+/// Checks everything a step needs before anything is written; returns the rounded coefficients.
+pub(crate) fn validate<T: Element>(
+    hp: &Hyperparameters,
+    params: &[T],
+    grads: &[T],
+    state: &State<'_, T>,
+) -> Result<Coefficients<T>, Error> {
+    let k = Coefficients::<T>::new(hp)?;
+    let expected = params.len();
+    let check = |buffer: &'static str, needed: bool, given: Option<usize>| match (needed, given) {
+        (true, None) => Err(Error::MissingState { buffer }),
+        (false, Some(_)) => Err(Error::UnexpectedState { buffer }),
+        (_, Some(actual)) if actual != expected => {
+            Err(Error::LengthMismatch { buffer, expected, actual })
+        }
+        _ => Ok(()),
+    };
+    check("grads", true, Some(grads.len()))?;
+    check("square_avg", true, Some(state.square_avg.len()))?;
+    let (centered, momentum) = hp.uses_state();
+    check("grad_avg", centered, state.grad_avg.as_ref().map(|s| s.len()))?;
+    check("momentum_buffer", momentum, state.momentum_buffer.as_ref().map(|s| s.len()))?;
+    Ok(k)
+}
+
+/// Where a step's work runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Threading {
+    /// On the calling thread only.
+    Serial,
+    /// With the `rayon` feature: buffers of at least [`PARALLEL_MIN_LEN`] elements are split into
+    /// chunks (multiples of [`CHUNK_ALIGN`] elements) run on the caller's *current* rayon pool, so
+    /// `ThreadPool::install` decides the threads; shorter buffers stay on the calling thread.
+    /// Without the `rayon` feature this is the same as `Serial`. Results are bit-identical to
+    /// `Serial` for any thread count.
+    #[default]
+    Parallel,
+}
+
+/// Buffers shorter than this are stepped on the calling thread under [`Threading::Parallel`];
+/// longer ones are split into chunks of at least half of it. Below it, the cost of waking a
+/// second thread (a few microseconds) exceeds the work saved (see `benches/step.rs`).
+pub const PARALLEL_MIN_LEN: usize = 1 << 16;
+
+/// Parallel chunks start at multiples of this many elements: a whole number of vectors for every
+/// backend and of 64-byte cache lines for both element types.
+pub const CHUNK_ALIGN: usize = 64;
+
+/// A configured step: which [`Backend`] and which [`Threading`]. `Kernel::default()` is the best
+/// backend for this CPU, parallel.
+///
+/// ```
+/// use rmsprop_simd::{Backend, Hyperparameters, Kernel, State, Threading};
+///
+/// let kernel = Kernel::new().with_backend(Backend::scalar()).with_threading(Threading::Serial);
+/// let (mut p, g, mut v) = (vec![1.0f64; 10], vec![1.0f64; 10], vec![0.0f64; 10]);
+/// kernel.step(&Hyperparameters::default(), &mut p, &g, State::new(&mut v))?;
+/// # Ok::<(), rmsprop_simd::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Kernel {
+    backend: Backend,
+    threading: Threading,
+    parallel_min_len: usize,
+}
+
+impl Default for Kernel {
+    fn default() -> Self {
+        Kernel {
+            backend: Backend::detect(),
+            threading: Threading::Parallel,
+            parallel_min_len: PARALLEL_MIN_LEN,
+        }
+    }
+}
+
+impl Kernel {
+    /// The best backend for this CPU ([`Backend::detect`]), [`Threading::Parallel`].
+    pub fn new() -> Self {
+        Kernel::default()
+    }
+
+    /// The same kernel with another parallel threshold: under [`Threading::Parallel`], buffers of
+    /// at least `min_len` elements (default [`PARALLEL_MIN_LEN`]) are split, into chunks of at
+    /// least `min_len / 2` (rounded to [`CHUNK_ALIGN`]). Values below `2 * CHUNK_ALIGN` are raised
+    /// to it. Results do not depend on it; only speed does.
+    pub fn with_parallel_min_len(self, min_len: usize) -> Self {
+        Kernel { parallel_min_len: min_len.max(2 * CHUNK_ALIGN), ..self }
+    }
+
+    /// The parallel threshold (see [`Kernel::with_parallel_min_len`]).
+    pub fn parallel_min_len(&self) -> usize {
+        self.parallel_min_len
+    }
+
+    /// The same kernel on `backend`.
+    pub fn with_backend(self, backend: Backend) -> Self {
+        Kernel { backend, ..self }
+    }
+
+    /// The same kernel with `threading`.
+    pub fn with_threading(self, threading: Threading) -> Self {
+        Kernel { threading, ..self }
+    }
+
+    /// The backend this kernel runs on.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The threading policy.
+    pub fn threading(&self) -> Threading {
+        self.threading
+    }
+
+    /// One RMSprop step: updates `params` and `state` in place from `grads` (see [`step`]).
+    ///
+    /// # Errors
+    /// [`Error::InvalidHyperparameter`], [`Error::LengthMismatch`], [`Error::MissingState`] or
+    /// [`Error::UnexpectedState`]; all checks run before any write, so on error every buffer is
+    /// unchanged.
+    pub fn step<T: Element>(
+        &self,
+        hp: &Hyperparameters,
+        params: &mut [T],
+        grads: &[T],
+        state: State<'_, T>,
+    ) -> Result<(), Error> {
+        let k = validate(hp, params, grads, &state)?;
+        let bufs = Buffers {
+            params,
+            grads,
+            square_avg: state.square_avg,
+            grad_avg: state.grad_avg.unwrap_or(&mut []),
+            momentum_buffer: state.momentum_buffer.unwrap_or(&mut []),
+        };
+        match self.threading {
+            #[cfg(feature = "rayon")]
+            Threading::Parallel if bufs.len() >= self.parallel_min_len => {
+                run_parallel(self.backend, k, bufs, self.parallel_min_len)
+            }
+            _ => self.backend.vectorize(Pass { k, bufs }),
+        }
+        Ok(())
+    }
+}
+
+/// Bisects until chunks are shorter than `min_len`, then runs each on a rayon worker; every split
+/// point is a multiple of `CHUNK_ALIGN` from the start of the buffers.
+#[cfg(feature = "rayon")]
+fn run_parallel<T: Element>(
+    backend: Backend,
+    k: Coefficients<T>,
+    bufs: Buffers<'_, T>,
+    min_len: usize,
+) {
+    let len = bufs.len();
+    let mid = (len / 2).next_multiple_of(CHUNK_ALIGN);
+    if len < min_len || rayon::current_num_threads() == 1 || mid >= len {
+        return backend.vectorize(Pass { k, bufs });
+    }
+    let (left, right) = bufs.split_at(mid);
+    rayon::join(
+        || run_parallel(backend, k, left, min_len),
+        || run_parallel(backend, k, right, min_len),
+    );
+}
+
+/// One RMSprop step on the best backend for this CPU, parallel for large buffers:
+/// `Kernel::new().step(..)`.
+///
+/// `params` and the `state` buffers are updated in place from `grads`, with the arithmetic of
+/// [`reference::step_element`] applied to every element. `hp.lr` (and every other value) may
+/// change from one call to the next. Empty buffers are a valid no-op.
+///
+/// # Errors
+/// [`Error::InvalidHyperparameter`], [`Error::LengthMismatch`], [`Error::MissingState`] or
+/// [`Error::UnexpectedState`]; all checks run before any write, so on error every buffer is
+/// unchanged.
+///
+/// ```
+/// use rmsprop_simd::{step, Hyperparameters, State};
+///
+/// let mut hp = Hyperparameters { centered: true, ..Default::default() };
+/// let (mut p, g) = (vec![1.0f32; 100], vec![0.25f32; 100]);
+/// let (mut v, mut ga) = (vec![0.0f32; 100], vec![0.0f32; 100]);
+/// for epoch in 0..3 {
+///     hp.lr = 1e-2 * 0.5f64.powi(epoch); // a schedule
+///     step(&hp, &mut p, &g, State::new(&mut v).with_grad_avg(&mut ga))?;
+/// }
+/// # Ok::<(), rmsprop_simd::Error>(())
+/// ```
+pub fn step<T: Element>(
+    hp: &Hyperparameters,
+    params: &mut [T],
+    grads: &[T],
+    state: State<'_, T>,
+) -> Result<(), Error> {
+    Kernel::new().step(hp, params, grads, state)
+}
