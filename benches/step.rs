@@ -1,1 +1,198 @@
-fn main() {}
+//! Criterion benches of one optimizer step: f32/f64, five variants, sizes 1e3..3e7 (1e8 with
+//! `RMSPROP_BENCH_HUGE=1`), every available backend forced plus the auto-dispatched default,
+//! serial and parallel, and a multi-pass baseline shaped like `torch.optim.RMSprop`'s foreach
+//! path. Throughput is reported in bytes of minimal traffic (each input read once, each output
+//! written once); elements/s = bytes/s divided by the per-variant bytes/element in the name.
+//!
+//! ```text
+//! cargo bench --bench step                           # everything (long)
+//! cargo bench --bench step -- 'f32/plain/.*/1000000$' # a filter
+//! ```
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use rmsprop_simd::{Backend, Element, Hyperparameters, Kernel, State, Threading};
+use std::time::Duration;
+
+struct Variant {
+    name: &'static str,
+    hp: Hyperparameters,
+}
+
+fn variants() -> Vec<Variant> {
+    let d = Hyperparameters::default();
+    vec![
+        Variant {
+            name: "plain",
+            hp: d,
+        },
+        Variant {
+            name: "weight_decay",
+            hp: Hyperparameters {
+                weight_decay: 1e-2,
+                ..d
+            },
+        },
+        Variant {
+            name: "centered",
+            hp: Hyperparameters {
+                centered: true,
+                ..d
+            },
+        },
+        Variant {
+            name: "momentum",
+            hp: Hyperparameters { momentum: 0.9, ..d },
+        },
+        Variant {
+            name: "all",
+            hp: Hyperparameters {
+                weight_decay: 1e-2,
+                momentum: 0.9,
+                centered: true,
+                maximize: true,
+                ..d
+            },
+        },
+    ]
+}
+
+/// Arrays read and written per element: params r/w, grads r, square_avg r/w, + state.
+fn bytes_per_element<T>(hp: &Hyperparameters) -> u64 {
+    let (centered, momentum) = hp.uses_state();
+    let arrays_read = 3 + centered as u64 + momentum as u64;
+    let arrays_written = 2 + centered as u64 + momentum as u64;
+    (arrays_read + arrays_written) * std::mem::size_of::<T>() as u64
+}
+
+fn sizes() -> Vec<usize> {
+    let mut s = vec![
+        1_000, 10_000, 30_000, 100_000, 1_000_000, 10_000_000, 30_000_000,
+    ];
+    if std::env::var("RMSPROP_BENCH_HUGE").is_ok_and(|v| v == "1") {
+        s.push(100_000_000);
+    }
+    s
+}
+
+struct Data<T> {
+    params: Vec<T>,
+    grads: Vec<T>,
+    square_avg: Vec<T>,
+    grad_avg: Vec<T>,
+    momentum_buffer: Vec<T>,
+}
+
+impl<T: Element> Data<T> {
+    fn new(len: usize, hp: &Hyperparameters) -> Self {
+        let (centered, momentum) = hp.uses_state();
+        let v = |f: fn(usize) -> f64, on: bool| {
+            (0..if on { len } else { 0 })
+                .map(|i| T::from_f64(f(i)))
+                .collect::<Vec<T>>()
+        };
+        Data {
+            params: v(|i| ((i % 1013) as f64 - 500.0) * 1e-3, true),
+            grads: v(|i| ((i % 997) as f64 - 498.0) * 1e-4, true),
+            square_avg: v(|i| (i % 89) as f64 * 1e-6, true),
+            grad_avg: v(|i| ((i % 83) as f64 - 41.0) * 1e-5, centered),
+            momentum_buffer: v(|i| ((i % 79) as f64 - 39.0) * 1e-4, momentum),
+        }
+    }
+
+    fn step(&mut self, kernel: &Kernel, hp: &Hyperparameters) {
+        let mut state = State::new(&mut self.square_avg);
+        if hp.centered {
+            state = state.with_grad_avg(&mut self.grad_avg);
+        }
+        if hp.momentum > 0.0 {
+            state = state.with_momentum_buffer(&mut self.momentum_buffer);
+        }
+        kernel
+            .step(hp, &mut self.params, &self.grads, state)
+            .expect("valid bench input");
+    }
+}
+
+/// What `torch.optim.RMSprop` (foreach path) does: one pass per tensor op, with a temporary
+/// `avg` buffer. Plain variant only (the fused gain is shown on it).
+fn multi_pass_plain<T: Element>(hp: &Hyperparameters, d: &mut Data<T>, avg: &mut [T]) {
+    let alpha = T::from_f64(hp.alpha);
+    let one_minus_alpha = T::from_f64(1.0 - hp.alpha);
+    let eps = T::from_f64(hp.eps);
+    let neg_lr = T::from_f64(-hp.lr);
+    let sqrt = |x: T| T::from_f64(x.to_f64().sqrt()); // exact: sqrt of a T rounds the same via f64
+                                                      // square_avg.mul_(alpha)
+    for v in d.square_avg.iter_mut() {
+        *v = *v * alpha;
+    }
+    // square_avg.addcmul_(grad, grad, value=1-alpha)
+    for (v, &g) in d.square_avg.iter_mut().zip(&d.grads) {
+        *v = *v + one_minus_alpha * g * g;
+    }
+    // avg = square_avg.sqrt()
+    for (a, &v) in avg.iter_mut().zip(&d.square_avg) {
+        *a = sqrt(v);
+    }
+    // avg.add_(eps)
+    for a in avg.iter_mut() {
+        *a = *a + eps;
+    }
+    // param.addcdiv_(grad, avg, value=-lr)
+    for ((p, &g), &a) in d.params.iter_mut().zip(&d.grads).zip(avg.iter()) {
+        *p = *p + neg_lr * g / a;
+    }
+}
+
+fn bench_type<T: Element>(c: &mut Criterion) {
+    for variant in variants() {
+        let mut group = c.benchmark_group(format!("{}/{}", T::NAME, variant.name));
+        group
+            .warm_up_time(Duration::from_millis(300))
+            .measurement_time(Duration::from_secs(1))
+            .sample_size(10);
+        for len in sizes() {
+            group.throughput(Throughput::Bytes(
+                bytes_per_element::<T>(&variant.hp) * len as u64,
+            ));
+            let mut data = Data::<T>::new(len, &variant.hp);
+            let mut kernels: Vec<(String, Kernel)> = Vec::new();
+            for backend in Backend::available() {
+                kernels.push((
+                    format!("{backend}/serial"),
+                    Kernel::new()
+                        .with_backend(backend)
+                        .with_threading(Threading::Serial),
+                ));
+                kernels.push((
+                    format!("{backend}/parallel"),
+                    Kernel::new().with_backend(backend),
+                ));
+            }
+            kernels.push((
+                "auto/serial".into(),
+                Kernel::new().with_threading(Threading::Serial),
+            ));
+            kernels.push(("auto/parallel".into(), Kernel::new()));
+            for (name, kernel) in kernels {
+                group.bench_function(BenchmarkId::new(name, len), |b| {
+                    b.iter(|| data.step(&kernel, &variant.hp))
+                });
+            }
+            if variant.name == "plain" {
+                let mut avg = vec![T::default(); len];
+                group.bench_function(BenchmarkId::new("multi-pass/serial", len), |b| {
+                    b.iter(|| multi_pass_plain(&variant.hp, &mut data, &mut avg))
+                });
+            }
+        }
+        group.finish();
+    }
+}
+
+fn benches(c: &mut Criterion) {
+    bench_type::<f32>(c);
+    bench_type::<f64>(c);
+}
+
+criterion_group!(step, benches);
+criterion_main!(step);

@@ -93,9 +93,10 @@ impl fmt::Display for Backend {
 }
 
 impl Backend {
-    /// The fastest implementation this CPU runs. With the `std` feature this is decided at run
-    /// time (CPUID on x86, the OS on aarch64), so a portable build reaches AVX-512/AVX2/NEON
-    /// speed; without `std`, only features enabled at compile time are seen.
+    /// The fastest implementation this CPU runs, decided at run time, so a portable build (no
+    /// `-C target-cpu`) reaches AVX2/AVX-512/NEON speed. On x86 the check is CPUID (with or
+    /// without `std`); on aarch64 it asks the OS with `std`, and without `std` sees only the
+    /// features enabled at compile time (NEON is on by default for aarch64 targets).
     ///
     /// On x86 it prefers AVX2+FMA over AVX-512 when both are present unless the CPU is known to
     /// gain from 512-bit vectors on this kernel: the kernel is bound by memory or by the
@@ -113,14 +114,18 @@ impl Backend {
 
     /// The portable scalar implementation, available everywhere.
     pub fn scalar() -> Backend {
-        Backend { token: Token::Scalar }
+        Backend {
+            token: Token::Scalar,
+        }
     }
 
     /// AVX2 + FMA (x86-64-v3), if this CPU has it.
     pub fn avx2_fma() -> Option<Backend> {
         #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
         if let Some(simd) = pulp::x86::V3::try_new() {
-            return Some(Backend { token: Token::Avx2Fma(simd) });
+            return Some(Backend {
+                token: Token::Avx2Fma(simd),
+            });
         }
         None
     }
@@ -129,7 +134,9 @@ impl Backend {
     pub fn avx512() -> Option<Backend> {
         #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
         if let Some(simd) = pulp::x86::V4::try_new() {
-            return Some(Backend { token: Token::Avx512(simd) });
+            return Some(Backend {
+                token: Token::Avx512(simd),
+            });
         }
         None
     }
@@ -138,7 +145,9 @@ impl Backend {
     pub fn neon() -> Option<Backend> {
         #[cfg(target_arch = "aarch64")]
         if let Some(simd) = pulp::aarch64::Neon::try_new() {
-            return Some(Backend { token: Token::Neon(simd) });
+            return Some(Backend {
+                token: Token::Neon(simd),
+            });
         }
         None
     }

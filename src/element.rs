@@ -16,6 +16,11 @@ pub trait Element:
     + Send
     + Sync
     + bytemuck::Pod
+    + core::ops::Add<Output = Self>
+    + core::ops::Sub<Output = Self>
+    + core::ops::Mul<Output = Self>
+    + core::ops::Div<Output = Self>
+    + core::ops::Neg<Output = Self>
     + 'static
 {
     /// `"f32"` or `"f64"`.
@@ -45,11 +50,6 @@ pub(crate) mod sealed {
 
         fn zero() -> Self;
         fn one() -> Self;
-        fn add(a: Self, b: Self) -> Self;
-        fn sub(a: Self, b: Self) -> Self;
-        fn mul(a: Self, b: Self) -> Self;
-        fn div(a: Self, b: Self) -> Self;
-        fn neg(a: Self) -> Self;
         fn fma(a: Self, b: Self, c: Self) -> Self;
         fn sqrt(a: Self) -> Self;
 
@@ -111,26 +111,6 @@ macro_rules! impl_element {
             #[inline(always)]
             fn one() -> Self {
                 1.0
-            }
-            #[inline(always)]
-            fn add(a: Self, b: Self) -> Self {
-                a + b
-            }
-            #[inline(always)]
-            fn sub(a: Self, b: Self) -> Self {
-                a - b
-            }
-            #[inline(always)]
-            fn mul(a: Self, b: Self) -> Self {
-                a * b
-            }
-            #[inline(always)]
-            fn div(a: Self, b: Self) -> Self {
-                a / b
-            }
-            #[inline(always)]
-            fn neg(a: Self) -> Self {
-                -a
             }
             #[inline(always)]
             fn fma(a: Self, b: Self, c: Self) -> Self {
@@ -208,8 +188,12 @@ macro_rules! impl_element {
             }
         }
     };
-    (@vec $s:ident, f32) => { $s::f32s };
-    (@vec $s:ident, f64) => { $s::f64s };
+    (@vec $s:ident, f32) => {
+        $s::f32s
+    };
+    (@vec $s:ident, f64) => {
+        $s::f64s
+    };
 }
 
 impl_element!(

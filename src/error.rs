@@ -52,20 +52,34 @@ pub enum Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::InvalidHyperparameter { name, value, reason } => {
+            Error::InvalidHyperparameter {
+                name,
+                value,
+                reason,
+            } => {
                 write!(f, "invalid hyperparameter {name} = {value}: {reason}")
             }
-            Error::LengthMismatch { buffer, expected, actual } => write!(
+            Error::LengthMismatch {
+                buffer,
+                expected,
+                actual,
+            } => write!(
                 f,
                 "length mismatch: {buffer} has {actual} elements but params has {expected}"
             ),
             Error::MissingState { buffer } => {
                 let why = state_condition(buffer);
-                write!(f, "missing state buffer {buffer}: it is required when {why}")
+                write!(
+                    f,
+                    "missing state buffer {buffer}: it is required when {why}"
+                )
             }
             Error::UnexpectedState { buffer } => {
                 let why = state_condition(buffer);
-                write!(f, "unexpected state buffer {buffer}: it is used only when {why}")
+                write!(
+                    f,
+                    "unexpected state buffer {buffer}: it is used only when {why}"
+                )
             }
         }
     }

@@ -139,7 +139,7 @@ impl<T: Element> Coefficients<T> {
         Ok(Coefficients {
             alpha,
             one_minus_alpha,
-            one_minus_alpha_minus_one: T::sub(one_minus_alpha, T::one()),
+            one_minus_alpha_minus_one: one_minus_alpha - T::one(),
             eps,
             weight_decay,
             momentum,
@@ -157,7 +157,8 @@ impl<T: Element> Coefficients<T> {
     /// `alpha > 1.5`, which PyTorch accepts.
     #[inline(always)]
     pub fn lerp_from_end(&self) -> bool {
-        !(self.one_minus_alpha.to_f64().abs() < 0.5)
+        // `one_minus_alpha` is finite (validated), so `!(|w| < 0.5)` is `|w| >= 0.5`.
+        self.one_minus_alpha.to_f64().abs() >= 0.5
     }
 }
 
@@ -173,5 +174,9 @@ fn checked<T: Element>(name: &'static str, value: f64) -> Result<T, Error> {
     } else {
         return Ok(T::from_f64(value));
     };
-    Err(Error::InvalidHyperparameter { name, value, reason })
+    Err(Error::InvalidHyperparameter {
+        name,
+        value,
+        reason,
+    })
 }

@@ -35,8 +35,20 @@ impl<'a, T> Buffers<'a, T> {
         let (a0, a1) = split_opt(self.grad_avg, mid);
         let (b0, b1) = split_opt(self.momentum_buffer, mid);
         (
-            Buffers { params: p0, grads: g0, square_avg: v0, grad_avg: a0, momentum_buffer: b0 },
-            Buffers { params: p1, grads: g1, square_avg: v1, grad_avg: a1, momentum_buffer: b1 },
+            Buffers {
+                params: p0,
+                grads: g0,
+                square_avg: v0,
+                grad_avg: a0,
+                momentum_buffer: b0,
+            },
+            Buffers {
+                params: p1,
+                grads: g1,
+                square_avg: v1,
+                grad_avg: a1,
+                momentum_buffer: b1,
+            },
         )
     }
 }
@@ -82,6 +94,9 @@ impl<T: Element> WithSimd for Pass<'_, T> {
     }
 }
 
+/// `(param, square_avg, grad_avg, momentum_buffer)` after one vector step.
+type Updated<V> = (V, V, V, V);
+
 /// The coefficients splatted into vectors once per pass.
 struct Splat<V> {
     alpha: V,
@@ -114,7 +129,7 @@ fn step_vector<
     v: T::Vector<S>,
     ga: T::Vector<S>,
     b: T::Vector<S>,
-) -> (T::Vector<S>, T::Vector<S>, T::Vector<S>, T::Vector<S>) {
+) -> Updated<T::Vector<S>> {
     let mut g = if MAXIMIZE { T::vneg(simd, grad) } else { grad };
     if WEIGHT_DECAY {
         g = T::vfma(simd, p, c.weight_decay, g);
@@ -213,8 +228,16 @@ fn run<
 
     // The tail (shorter than one vector) goes through the same per-vector step.
     if !p_tail.is_empty() {
-        let ga = if CENTERED { T::partial_load(simd, ga_tail) } else { c.zero };
-        let b = if MOMENTUM { T::partial_load(simd, b_tail) } else { c.zero };
+        let ga = if CENTERED {
+            T::partial_load(simd, ga_tail)
+        } else {
+            c.zero
+        };
+        let b = if MOMENTUM {
+            T::partial_load(simd, b_tail)
+        } else {
+            c.zero
+        };
         let (p, v, ga, b) = step(
             T::partial_load(simd, p_tail),
             T::partial_load(simd, g_tail),

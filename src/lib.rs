@@ -25,8 +25,9 @@
 //! To force an implementation or keep the step on the calling thread, use a [`Kernel`].
 //!
 //! # Features
-//! - `std` (default): run-time CPU detection; without it, only the instruction sets enabled at
-//!   compile time are used, and the crate is `#![no_std]`.
+//! - `std` (default): std's `fma`/`sqrt` and OS-assisted CPU detection; without it the crate is
+//!   `#![no_std]` (no allocation either), `libm` supplies the scalar `fma`/`sqrt` (also correctly
+//!   rounded), and the step always runs on the calling thread.
 //! - `rayon` (default, implies `std`): large buffers are split across the caller's current rayon
 //!   pool (see [`Threading`]).
 #![cfg_attr(not(feature = "std"), no_std)]
@@ -72,7 +73,11 @@ pub struct State<'a, T> {
 impl<'a, T> State<'a, T> {
     /// State with only `square_avg` (plain RMSprop).
     pub fn new(square_avg: &'a mut [T]) -> Self {
-        State { square_avg, grad_avg: None, momentum_buffer: None }
+        State {
+            square_avg,
+            grad_avg: None,
+            momentum_buffer: None,
+        }
     }
 
     /// Adds the `grad_avg` buffer (for `centered`).
@@ -100,16 +105,26 @@ pub(crate) fn validate<T: Element>(
     let check = |buffer: &'static str, needed: bool, given: Option<usize>| match (needed, given) {
         (true, None) => Err(Error::MissingState { buffer }),
         (false, Some(_)) => Err(Error::UnexpectedState { buffer }),
-        (_, Some(actual)) if actual != expected => {
-            Err(Error::LengthMismatch { buffer, expected, actual })
-        }
+        (_, Some(actual)) if actual != expected => Err(Error::LengthMismatch {
+            buffer,
+            expected,
+            actual,
+        }),
         _ => Ok(()),
     };
     check("grads", true, Some(grads.len()))?;
     check("square_avg", true, Some(state.square_avg.len()))?;
     let (centered, momentum) = hp.uses_state();
-    check("grad_avg", centered, state.grad_avg.as_ref().map(|s| s.len()))?;
-    check("momentum_buffer", momentum, state.momentum_buffer.as_ref().map(|s| s.len()))?;
+    check(
+        "grad_avg",
+        centered,
+        state.grad_avg.as_ref().map(|s| s.len()),
+    )?;
+    check(
+        "momentum_buffer",
+        momentum,
+        state.momentum_buffer.as_ref().map(|s| s.len()),
+    )?;
     Ok(k)
 }
 
@@ -175,7 +190,10 @@ impl Kernel {
     /// least `min_len / 2` (rounded to [`CHUNK_ALIGN`]). Values below `2 * CHUNK_ALIGN` are raised
     /// to it. Results do not depend on it; only speed does.
     pub fn with_parallel_min_len(self, min_len: usize) -> Self {
-        Kernel { parallel_min_len: min_len.max(2 * CHUNK_ALIGN), ..self }
+        Kernel {
+            parallel_min_len: min_len.max(2 * CHUNK_ALIGN),
+            ..self
+        }
     }
 
     /// The parallel threshold (see [`Kernel::with_parallel_min_len`]).

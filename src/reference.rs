@@ -46,39 +46,39 @@ pub fn step_element<T: Element>(
 ) {
     let p = *param;
     // 1. gradient: sign, then weight decay
-    let mut g = if k.maximize { T::neg(grad) } else { grad };
+    let mut g = if k.maximize { -grad } else { grad };
     if k.use_weight_decay {
         g = T::fma(p, k.weight_decay, g);
     }
     // 2. square average
-    let v = T::fma(T::mul(k.one_minus_alpha, g), g, T::mul(k.alpha, *square_avg));
+    let v = T::fma(k.one_minus_alpha * g, g, k.alpha * *square_avg);
     *square_avg = v;
     // 3. denominator, centered or not
     let den = if k.centered {
         let mut zero = T::zero();
         let ga_ref = grad_avg.unwrap_or(&mut zero);
-        let d = T::sub(g, *ga_ref);
+        let d = g - *ga_ref;
         let ga = if k.lerp_from_end() {
             T::fma(k.one_minus_alpha_minus_one, d, g)
         } else {
             T::fma(k.one_minus_alpha, d, *ga_ref)
         };
         *ga_ref = ga;
-        T::sqrt(T::fma(T::neg(ga), ga, v))
+        T::sqrt(T::fma(-ga, ga, v))
     } else {
         T::sqrt(v)
     };
     // 4. eps after the square root
-    let den = T::add(den, k.eps);
+    let den = den + k.eps;
     // 5. update
     *param = if k.use_momentum {
         let mut zero = T::zero();
         let b_ref = momentum_buffer.unwrap_or(&mut zero);
-        let b = T::add(T::mul(k.momentum, *b_ref), T::div(g, den));
+        let b = k.momentum * *b_ref + g / den;
         *b_ref = b;
         T::fma(b, k.neg_lr, p)
     } else {
-        T::add(p, T::div(T::mul(k.neg_lr, g), den))
+        p + (k.neg_lr * g) / den
     };
 }
 
@@ -103,7 +103,11 @@ pub fn step<T: Element>(
     state: State<'_, T>,
 ) -> Result<(), Error> {
     let k = validate(hp, params, grads, &state)?;
-    let State { square_avg, mut grad_avg, mut momentum_buffer } = state;
+    let State {
+        square_avg,
+        mut grad_avg,
+        mut momentum_buffer,
+    } = state;
     for i in 0..params.len() {
         step_element(
             &k,

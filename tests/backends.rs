@@ -27,18 +27,18 @@ macro_rules! test_float {
                     $t::NEG_INFINITY,
                     $t::NAN,
                     -$t::NAN,
-                    $t::from_bits(1),             // smallest subnormal
+                    $t::from_bits(1), // smallest subnormal
                     -$t::from_bits(1),
                     $t::MIN_POSITIVE - $t::from_bits(1), // largest subnormal
                     $t::MIN_POSITIVE,
                     $t::MAX,
                     -$t::MAX,
                     $t::MAX / 2.0,
-                    $t::MAX.sqrt(),              // g*g overflows just above this
+                    $t::MAX.sqrt(), // g*g overflows just above this
                     -$t::MAX.sqrt() * 2.0,
                     1.0,
                     -1.0,
-                    1.0 - $t::EPSILON / 2.0,     // 1 - ulp
+                    1.0 - $t::EPSILON / 2.0, // 1 - ulp
                     1.0 + $t::EPSILON,
                     $t::EPSILON,
                     1e-20,
@@ -119,7 +119,9 @@ fn lengths() -> Vec<usize> {
 }
 
 fn exhaustive<T: TestFloat>(kind: BackendKind, test: &str) {
-    let Some(backend) = backend_or_skip(kind, test) else { return };
+    let Some(backend) = backend_or_skip(kind, test) else {
+        return;
+    };
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ kind as u64);
     for kernel in kernels_for(backend) {
         for hp in variants() {
@@ -133,28 +135,71 @@ fn exhaustive<T: TestFloat>(kind: BackendKind, test: &str) {
 }
 
 fn edge_hyperparameters<T: TestFloat>(kind: BackendKind, test: &str) {
-    let Some(backend) = backend_or_skip(kind, test) else { return };
+    let Some(backend) = backend_or_skip(kind, test) else {
+        return;
+    };
     let mut rng = Rng(42 + kind as u64);
     let edges = [
-        Hyperparameters { alpha: 0.0, ..Default::default() },
-        Hyperparameters { alpha: 1.0, ..Default::default() },
-        Hyperparameters { alpha: 0.5, centered: true, ..Default::default() }, // lerp switch point
-        Hyperparameters { alpha: 1.7, centered: true, momentum: 0.5, ..Default::default() },
-        Hyperparameters { eps: 0.0, centered: true, ..Default::default() },
-        Hyperparameters { lr: 0.0, momentum: 0.9, ..Default::default() },
-        Hyperparameters { weight_decay: 1e-45, ..Default::default() }, // rounds to 0 in f32
-        Hyperparameters { lr: 1e30, weight_decay: 1e30, momentum: 1e30, ..Default::default() },
+        Hyperparameters {
+            alpha: 0.0,
+            ..Default::default()
+        },
+        Hyperparameters {
+            alpha: 1.0,
+            ..Default::default()
+        },
+        Hyperparameters {
+            alpha: 0.5,
+            centered: true,
+            ..Default::default()
+        }, // lerp switch point
+        Hyperparameters {
+            alpha: 1.7,
+            centered: true,
+            momentum: 0.5,
+            ..Default::default()
+        },
+        Hyperparameters {
+            eps: 0.0,
+            centered: true,
+            ..Default::default()
+        },
+        Hyperparameters {
+            lr: 0.0,
+            momentum: 0.9,
+            ..Default::default()
+        },
+        Hyperparameters {
+            weight_decay: 1e-45,
+            ..Default::default()
+        }, // rounds to 0 in f32
+        Hyperparameters {
+            lr: 1e30,
+            weight_decay: 1e30,
+            momentum: 1e30,
+            ..Default::default()
+        },
     ];
     for kernel in kernels_for(backend) {
         for hp in &edges {
             for centered in [false, true] {
-                let hp = Hyperparameters { centered: centered || hp.centered, ..*hp };
+                let hp = Hyperparameters {
+                    centered: centered || hp.centered,
+                    ..*hp
+                };
                 if hp.validate().is_err() || rmsprop_simd::Coefficients::<T>::new(&hp).is_err() {
                     continue;
                 }
                 for len in [0, 1, 7, 33, 100, 300] {
                     let start = rng.buffers::<T>(len + 2);
-                    check_against_reference(&kernel, &hp, &[hp.lr, 0.0, hp.lr * 0.5], &start, 1, len);
+                    check_against_reference(
+                        &kernel,
+                        &hp,
+                        &[hp.lr, 0.0, hp.lr * 0.5],
+                        &start,
+                        1,
+                        len,
+                    );
                 }
             }
         }
@@ -164,7 +209,9 @@ fn edge_hyperparameters<T: TestFloat>(kind: BackendKind, test: &str) {
 /// Every special value at every lane position of a vector and of the tail, with every other
 /// buffer special too: the product of the special list with itself, for each variant.
 fn special_grid<T: TestFloat>(kind: BackendKind, test: &str) {
-    let Some(backend) = backend_or_skip(kind, test) else { return };
+    let Some(backend) = backend_or_skip(kind, test) else {
+        return;
+    };
     let s = T::specials();
     let n = s.len() * s.len();
     let start = Buffers {
@@ -245,29 +292,55 @@ struct Case {
 }
 
 fn unit_or_edge() -> impl Strategy<Value = f64> {
-    prop_oneof![Just(0.0), Just(1.0), 0.0..1.0f64, (0.0..1.0f64).prop_map(|x| x * 1e-6)]
+    prop_oneof![
+        Just(0.0),
+        Just(1.0),
+        0.0..1.0f64,
+        (0.0..1.0f64).prop_map(|x| x * 1e-6)
+    ]
 }
 
 fn case_strategy() -> impl Strategy<Value = Case> {
     let hp = (
-        unit_or_edge(),                                        // lr
+        unit_or_edge(),                                                  // lr
         prop_oneof![Just(0.99), Just(0.3), unit_or_edge(), 1.0..2.0f64], // alpha
-        prop_oneof![Just(1e-8), Just(0.0), 0.0..1e-3f64],      // eps
-        prop_oneof![Just(0.0), unit_or_edge()],                // weight_decay
-        prop_oneof![Just(0.0), Just(0.9), unit_or_edge()],     // momentum
+        prop_oneof![Just(1e-8), Just(0.0), 0.0..1e-3f64],                // eps
+        prop_oneof![Just(0.0), unit_or_edge()],                          // weight_decay
+        prop_oneof![Just(0.0), Just(0.9), unit_or_edge()],               // momentum
         any::<bool>(),
         any::<bool>(),
     )
-        .prop_map(|(lr, alpha, eps, weight_decay, momentum, centered, maximize)| {
-            Hyperparameters { lr, alpha, eps, weight_decay, momentum, centered, maximize }
-        });
+        .prop_map(
+            |(lr, alpha, eps, weight_decay, momentum, centered, maximize)| Hyperparameters {
+                lr,
+                alpha,
+                eps,
+                weight_decay,
+                momentum,
+                centered,
+                maximize,
+            },
+        );
     let len = prop_oneof![
         0usize..300,
-        prop::sample::select(vec![63usize, 64, 65, 127, 128, 129, 191, 192, 193, 4095, 4096, 4097]),
+        prop::sample::select(vec![
+            63usize, 64, 65, 127, 128, 129, 191, 192, 193, 4095, 4096, 4097
+        ]),
     ];
-    (hp, prop::collection::vec(unit_or_edge(), 1..4), len, 0usize..7, any::<u64>()).prop_map(
-        |(hp, lrs, len, offset, seed)| Case { hp, lrs, len, offset, seed: seed | 1 },
+    (
+        hp,
+        prop::collection::vec(unit_or_edge(), 1..4),
+        len,
+        0usize..7,
+        any::<u64>(),
     )
+        .prop_map(|(hp, lrs, len, offset, seed)| Case {
+            hp,
+            lrs,
+            len,
+            offset,
+            seed: seed | 1,
+        })
 }
 
 fn run_case<T: TestFloat>(kind: BackendKind, case: &Case) {
@@ -287,12 +360,20 @@ fn run_case<T: TestFloat>(kind: BackendKind, case: &Case) {
 #[test]
 fn parallel_equals_serial_for_any_thread_count() {
     let mut rng = Rng(7);
-    let hp = Hyperparameters { momentum: 0.9, centered: true, weight_decay: 0.01, ..Default::default() };
+    let hp = Hyperparameters {
+        momentum: 0.9,
+        centered: true,
+        weight_decay: 0.01,
+        ..Default::default()
+    };
     let len = rmsprop_simd::PARALLEL_MIN_LEN * 3 + 77;
     let start = rng.buffers::<f32>(len + 3);
     for backend in Backend::available() {
         for threads in [1, 2, 3, 4, 7] {
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
             pool.install(|| {
                 for min_len in [rmsprop_simd::PARALLEL_MIN_LEN, 128, 1000] {
                     let kernel = Kernel::new()
@@ -317,7 +398,10 @@ fn default_step_uses_detected_backend() {
     let start = rng.buffers::<f64>(5000);
     let hp = Hyperparameters::default();
     let mut got = start.clone();
-    got.step_with(&hp, 0, 5000, &|hp, p, g, st| rmsprop_simd::step(hp, p, g, st)).unwrap();
+    got.step_with(&hp, 0, 5000, &|hp, p, g, st| {
+        rmsprop_simd::step(hp, p, g, st)
+    })
+    .unwrap();
     let want = check_against_reference(&Kernel::new(), &hp, &[hp.lr], &start, 0, 5000);
     support::assert_bitwise(&got, &want, &|| "free step()".into());
 }

@@ -7,21 +7,21 @@ use rmsprop_simd::{reference, step, Backend, Error, Hyperparameters, Kernel, Sta
 /// Runs `f` on buffers full of recognisable values and asserts it returns `expected` and that
 /// not one bit of any buffer changed, for every entry point (free `step`, each backend serial and
 /// parallel, and the reference).
-fn assert_refused(
-    hp: &Hyperparameters,
-    lens: [usize; 5],
-    give: (bool, bool),
-    expected: &Error,
-) {
-    type StepFn = Box<dyn Fn(&Hyperparameters, &mut [f32], &[f32], State<'_, f32>) -> Result<(), Error>>;
-    let mut entry_points: Vec<(String, StepFn)> = vec![
-        ("step".into(), Box::new(|hp, p, g, s| step(hp, p, g, s))),
-        ("reference::step".into(), Box::new(|hp, p, g, s| reference::step(hp, p, g, s))),
+fn assert_refused(hp: &Hyperparameters, lens: [usize; 5], give: (bool, bool), expected: &Error) {
+    let mut entry_points: Vec<(String, Box<support::StepFn<'static, f32>>)> = vec![
+        ("step".into(), Box::new(step)),
+        ("reference::step".into(), Box::new(reference::step)),
     ];
     for backend in Backend::available() {
         for threading in [Threading::Serial, Threading::Parallel] {
-            let kernel = Kernel::new().with_backend(backend).with_threading(threading).with_parallel_min_len(128);
-            entry_points.push((format!("{backend} {threading:?}"), Box::new(move |hp, p, g, s| kernel.step(hp, p, g, s))));
+            let kernel = Kernel::new()
+                .with_backend(backend)
+                .with_threading(threading)
+                .with_parallel_min_len(128);
+            entry_points.push((
+                format!("{backend} {threading:?}"),
+                Box::new(move |hp, p, g, s| kernel.step(hp, p, g, s)),
+            ));
         }
     }
     for (name, f) in entry_points {
@@ -31,7 +31,12 @@ fn assert_refused(
         let mut square_avg = fill(lens[2], 3.0);
         let mut grad_avg = fill(lens[3], 4.0);
         let mut momentum_buffer = fill(lens[4], 5.0);
-        let before = (params.clone(), square_avg.clone(), grad_avg.clone(), momentum_buffer.clone());
+        let before = (
+            params.clone(),
+            square_avg.clone(),
+            grad_avg.clone(),
+            momentum_buffer.clone(),
+        );
         let mut state = State::new(&mut square_avg[..]);
         if give.0 {
             state = state.with_grad_avg(&mut grad_avg[..]);
@@ -41,10 +46,18 @@ fn assert_refused(
         }
         let got = f(hp, &mut params, &grads, state);
         // compared through Debug: NaN values are not `==` to themselves
-        assert_eq!(format!("{got:?}"), format!("{:?}", Err::<(), _>(expected)), "{name}: {hp:?} lens {lens:?}");
+        assert_eq!(
+            format!("{got:?}"),
+            format!("{:?}", Err::<(), _>(expected)),
+            "{name}: {hp:?} lens {lens:?}"
+        );
         let message = got.unwrap_err().to_string();
         assert!(!message.is_empty());
-        assert_eq!((params, square_avg, grad_avg, momentum_buffer), before, "{name} wrote on error");
+        assert_eq!(
+            (params, square_avg, grad_avg, momentum_buffer),
+            before,
+            "{name} wrote on error"
+        );
     }
 }
 
@@ -62,7 +75,11 @@ fn invalid_hyperparameters_are_refused_untouched() {
     ];
     for name in names {
         for (value, reason) in bad {
-            let mut hp = Hyperparameters { centered: true, momentum: 0.9, ..Default::default() };
+            let mut hp = Hyperparameters {
+                centered: true,
+                momentum: 0.9,
+                ..Default::default()
+            };
             match name {
                 "lr" => hp.lr = value,
                 "alpha" => hp.alpha = value,
@@ -72,7 +89,11 @@ fn invalid_hyperparameters_are_refused_untouched() {
             }
             // keep the state the (invalid) hyperparameters would ask for, so only the value is wrong
             let give = (true, hp.momentum > 0.0);
-            let expected = Error::InvalidHyperparameter { name, value, reason };
+            let expected = Error::InvalidHyperparameter {
+                name,
+                value,
+                reason,
+            };
             assert_refused(&hp, [N; 5], give, &expected);
         }
     }
@@ -80,16 +101,31 @@ fn invalid_hyperparameters_are_refused_untouched() {
 
 #[test]
 fn validate_and_display_name_the_value() {
-    let hp = Hyperparameters { eps: -1.0, ..Default::default() };
+    let hp = Hyperparameters {
+        eps: -1.0,
+        ..Default::default()
+    };
     let err = hp.validate().unwrap_err();
-    assert_eq!(err.to_string(), "invalid hyperparameter eps = -1: must be >= 0");
+    assert_eq!(
+        err.to_string(),
+        "invalid hyperparameter eps = -1: must be >= 0"
+    );
     // 1e300 fits f64, so `validate` (the f64 check) accepts it; an f32 step refuses it
-    assert!(Hyperparameters { lr: 1e300, ..Default::default() }.validate().is_ok());
+    assert!(Hyperparameters {
+        lr: 1e300,
+        ..Default::default()
+    }
+    .validate()
+    .is_ok());
 }
 
 #[test]
 fn length_mismatches_are_refused_untouched() {
-    let hp = Hyperparameters { centered: true, momentum: 0.9, ..Default::default() };
+    let hp = Hyperparameters {
+        centered: true,
+        momentum: 0.9,
+        ..Default::default()
+    };
     let cases = [
         ([N, N - 1, N, N, N], "grads", N - 1),
         ([N, N + 1, N, N, N], "grads", N + 1),
@@ -99,41 +135,102 @@ fn length_mismatches_are_refused_untouched() {
         ([0, 0, 1, 0, 0], "square_avg", 1),
     ];
     for (lens, buffer, actual) in cases {
-        let expected = Error::LengthMismatch { buffer, expected: lens[0], actual };
+        let expected = Error::LengthMismatch {
+            buffer,
+            expected: lens[0],
+            actual,
+        };
         assert_refused(&hp, lens, (true, true), &expected);
     }
-    let msg = Error::LengthMismatch { buffer: "grads", expected: 3, actual: 2 }.to_string();
-    assert_eq!(msg, "length mismatch: grads has 2 elements but params has 3");
+    let msg = Error::LengthMismatch {
+        buffer: "grads",
+        expected: 3,
+        actual: 2,
+    }
+    .to_string();
+    assert_eq!(
+        msg,
+        "length mismatch: grads has 2 elements but params has 3"
+    );
 }
 
 #[test]
 fn missing_and_unexpected_state_is_refused_untouched() {
-    let centered = Hyperparameters { centered: true, ..Default::default() };
-    let momentum = Hyperparameters { momentum: 0.9, ..Default::default() };
+    let centered = Hyperparameters {
+        centered: true,
+        ..Default::default()
+    };
+    let momentum = Hyperparameters {
+        momentum: 0.9,
+        ..Default::default()
+    };
     let plain = Hyperparameters::default();
-    assert_refused(&centered, [N; 5], (false, false), &Error::MissingState { buffer: "grad_avg" });
-    assert_refused(&momentum, [N; 5], (false, false), &Error::MissingState { buffer: "momentum_buffer" });
-    assert_refused(&plain, [N; 5], (true, false), &Error::UnexpectedState { buffer: "grad_avg" });
-    assert_refused(&plain, [N; 5], (false, true), &Error::UnexpectedState { buffer: "momentum_buffer" });
-    assert_refused(&centered, [N; 5], (true, true), &Error::UnexpectedState { buffer: "momentum_buffer" });
+    assert_refused(
+        &centered,
+        [N; 5],
+        (false, false),
+        &Error::MissingState { buffer: "grad_avg" },
+    );
+    assert_refused(
+        &momentum,
+        [N; 5],
+        (false, false),
+        &Error::MissingState {
+            buffer: "momentum_buffer",
+        },
+    );
+    assert_refused(
+        &plain,
+        [N; 5],
+        (true, false),
+        &Error::UnexpectedState { buffer: "grad_avg" },
+    );
+    assert_refused(
+        &plain,
+        [N; 5],
+        (false, true),
+        &Error::UnexpectedState {
+            buffer: "momentum_buffer",
+        },
+    );
+    assert_refused(
+        &centered,
+        [N; 5],
+        (true, true),
+        &Error::UnexpectedState {
+            buffer: "momentum_buffer",
+        },
+    );
     assert_eq!(
         Error::MissingState { buffer: "grad_avg" }.to_string(),
         "missing state buffer grad_avg: it is required when centered = true"
     );
     assert_eq!(
-        Error::UnexpectedState { buffer: "momentum_buffer" }.to_string(),
+        Error::UnexpectedState {
+            buffer: "momentum_buffer"
+        }
+        .to_string(),
         "unexpected state buffer momentum_buffer: it is used only when momentum > 0"
     );
 }
 
 #[test]
 fn empty_buffers_are_a_valid_no_op() {
-    let hp = Hyperparameters { centered: true, momentum: 0.9, weight_decay: 0.1, ..Default::default() };
+    let hp = Hyperparameters {
+        centered: true,
+        momentum: 0.9,
+        weight_decay: 0.1,
+        ..Default::default()
+    };
     for backend in Backend::available() {
         for threading in [Threading::Serial, Threading::Parallel] {
-            let kernel = Kernel::new().with_backend(backend).with_threading(threading);
+            let kernel = Kernel::new()
+                .with_backend(backend)
+                .with_threading(threading);
             let (mut p, g, mut v, mut ga, mut b) = (vec![0f64; 0], vec![], vec![], vec![], vec![]);
-            let state = State::new(&mut v[..]).with_grad_avg(&mut ga).with_momentum_buffer(&mut b);
+            let state = State::new(&mut v[..])
+                .with_grad_avg(&mut ga)
+                .with_momentum_buffer(&mut b);
             assert_eq!(kernel.step(&hp, &mut p, &g, state), Ok(()));
         }
     }

@@ -13,28 +13,48 @@ fn golden_dir() -> PathBuf {
 }
 
 fn check_backend(kind: BackendKind, test: &str) {
-    let Some(backend) = backend_or_skip(kind, test) else { return };
+    let Some(backend) = backend_or_skip(kind, test) else {
+        return;
+    };
     let set = GoldenSet::load(&golden_dir()).unwrap_or_else(|e| panic!("golden set: {e}"));
     assert_eq!(set.cases.len(), 40, "the copied set has 40 cases");
     let mut failures = Vec::new();
     let mut worst = 0.0f64;
     for kernel in kernels_for(backend) {
         for case in &set.cases {
-            let reports = run_case_any(case, &kernel).unwrap_or_else(|e| panic!("{}: {e}", case.name));
-            assert!(reports.len() >= 2, "{}: params and square_avg are always compared", case.name);
+            let reports =
+                run_case_any(case, &kernel).unwrap_or_else(|e| panic!("{}: {e}", case.name));
+            assert!(
+                reports.len() >= 2,
+                "{}: params and square_avg are always compared",
+                case.name
+            );
             for r in reports {
                 worst = worst.max(r.error / case.tolerance);
                 if !r.pass {
                     failures.push(format!(
                         "{} {:?} {} {}: relative error {:.3e} > {:.0e}",
-                        kind, kernel.threading(), case.name, r.array, r.error, case.tolerance
+                        kind,
+                        kernel.threading(),
+                        case.name,
+                        r.array,
+                        r.error,
+                        case.tolerance
                     ));
                 }
             }
         }
     }
-    eprintln!("{test}: {} cases x serial/parallel, worst error {:.3} x tolerance", set.cases.len(), worst);
-    assert!(failures.is_empty(), "golden failures:\n{}", failures.join("\n"));
+    eprintln!(
+        "{test}: {} cases x serial/parallel, worst error {:.3} x tolerance",
+        set.cases.len(),
+        worst
+    );
+    assert!(
+        failures.is_empty(),
+        "golden failures:\n{}",
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -67,16 +87,26 @@ fn comparison_rule_rejects_wrong_results() {
     let off = [0.9f32, 2.1 + 1e-3, 3.0];
     assert!(relative_error(&off, &expected, &start, 1e-38) > 1e-5);
     let nan = [f32::NAN, 2.1, 3.0];
-    assert_eq!(relative_error(&nan, &expected, &start, 1e-38), f64::INFINITY);
+    assert_eq!(
+        relative_error(&nan, &expected, &start, 1e-38),
+        f64::INFINITY
+    );
     let inf = [0.9f32, 2.1, f32::INFINITY];
-    assert_eq!(relative_error(&inf, &expected, &start, 1e-38), f64::INFINITY);
+    assert_eq!(
+        relative_error(&inf, &expected, &start, 1e-38),
+        f64::INFINITY
+    );
 }
 
 /// The semantics matter: eps inside the sqrt (a classic mistake) fails the golden set.
 #[test]
 fn golden_set_detects_wrong_semantics() {
     let set = GoldenSet::load(&golden_dir()).unwrap();
-    let case = set.cases.iter().find(|c| c.name == "f32_wd0_c0_m0_max0").unwrap();
+    let case = set
+        .cases
+        .iter()
+        .find(|c| c.name == "f32_wd0_c0_m0_max0")
+        .unwrap();
     let mut wrong = case.clone();
     wrong.hp.alpha = 0.9; // a different trajectory must not pass
     let reports = run_case_any(&wrong, &rmsprop_simd::Kernel::new()).unwrap();

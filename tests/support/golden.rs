@@ -50,7 +50,8 @@ pub struct ArrayReport {
 const STATE_ARRAYS: [&str; 3] = ["square_avg", "grad_avg", "momentum_buffer"];
 
 fn field<'a>(obj: &'a Value, key: &str, ctx: &str) -> Result<&'a Value, String> {
-    obj.get(key).ok_or_else(|| format!("{ctx}: missing field `{key}`"))
+    obj.get(key)
+        .ok_or_else(|| format!("{ctx}: missing field `{key}`"))
 }
 
 fn number(obj: &Value, key: &str, ctx: &str) -> Result<f64, String> {
@@ -100,7 +101,11 @@ impl GoldenSet {
             let dtype = match field(c, "dtype", &ctx)?.as_str() {
                 Some("f32") => Dtype::F32,
                 Some("f64") => Dtype::F64,
-                other => return Err(format!("{ctx}: dtype {other:?} is neither \"f32\" nor \"f64\"")),
+                other => {
+                    return Err(format!(
+                        "{ctx}: dtype {other:?} is neither \"f32\" nor \"f64\""
+                    ))
+                }
             };
             let n = count(c, "n", &ctx)?;
             let steps = count(c, "steps", &ctx)?;
@@ -108,10 +113,16 @@ impl GoldenSet {
                 .as_array()
                 .ok_or_else(|| format!("{ctx}: `lr` is not an array"))?
                 .iter()
-                .map(|v| v.as_f64().ok_or_else(|| format!("{ctx}: `lr` holds a non-number")))
+                .map(|v| {
+                    v.as_f64()
+                        .ok_or_else(|| format!("{ctx}: `lr` holds a non-number"))
+                })
                 .collect::<Result<Vec<f64>, String>>()?;
             if lr.len() != steps {
-                return Err(format!("{ctx}: `lr` has {} values for {steps} steps", lr.len()));
+                return Err(format!(
+                    "{ctx}: `lr` has {} values for {steps} steps",
+                    lr.len()
+                ));
             }
             let hp = Hyperparameters {
                 lr: lr.first().copied().unwrap_or(0.0),
@@ -176,9 +187,21 @@ impl GoldenSet {
                 Dtype::F32 => tol_f32,
                 Dtype::F64 => tol_f64,
             };
-            cases.push(Case { name, dtype, n, steps, lr, hp, files, tolerance });
+            cases.push(Case {
+                name,
+                dtype,
+                n,
+                steps,
+                lr,
+                hp,
+                files,
+                tolerance,
+            });
         }
-        Ok(GoldenSet { dir: dir.to_path_buf(), cases })
+        Ok(GoldenSet {
+            dir: dir.to_path_buf(),
+            cases,
+        })
     }
 }
 
@@ -228,7 +251,12 @@ pub fn relative_error<T: Element>(x: &[T], expected: &[T], start: &[T], tiny: f6
 
 /// Runs `case` from its start with `kernel`, and compares every expected array.
 pub fn run_case<T: Element>(case: &Case, kernel: &Kernel) -> Result<Vec<ArrayReport>, String> {
-    let path_of = |key: &str| case.files.iter().find(|(k, _)| k == key).map(|(_, p)| p.as_path());
+    let path_of = |key: &str| {
+        case.files
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, p)| p.as_path())
+    };
     let load = |key: &str| read_array::<T>(path_of(key).expect("checked when loaded"));
     let params0 = load("params0")?;
     let grads = load("grads")?;
@@ -268,7 +296,11 @@ pub fn run_case<T: Element>(case: &Case, kernel: &Kernel) -> Result<Vec<ArrayRep
         }
         let expected = load(key)?;
         let error = relative_error(got, &expected, start, tiny);
-        reports.push(ArrayReport { array: key.to_string(), error, pass: error <= case.tolerance });
+        reports.push(ArrayReport {
+            array: key.to_string(),
+            error,
+            pass: error <= case.tolerance,
+        });
     }
     Ok(reports)
 }

@@ -4,7 +4,9 @@
 
 pub mod golden;
 
-use rmsprop_simd::{reference, Backend, BackendKind, Element, Hyperparameters, Kernel, State, Threading};
+use rmsprop_simd::{
+    reference, Backend, BackendKind, Element, Hyperparameters, Kernel, State, Threading,
+};
 
 /// Set (to anything but `0`) in CI: a backend that this CPU supports but the crate did not
 /// provide fails the test instead of being skipped.
@@ -16,7 +18,8 @@ pub fn cpu_supports(kind: BackendKind) -> bool {
         BackendKind::Scalar => true,
         #[cfg(target_arch = "x86_64")]
         BackendKind::Avx2Fma => {
-            std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+            std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
         }
         #[cfg(target_arch = "x86_64")]
         BackendKind::Avx512 => {
@@ -33,7 +36,9 @@ pub fn cpu_supports(kind: BackendKind) -> bool {
 }
 
 fn require_all() -> bool {
-    std::env::var(REQUIRE_ENV).map(|v| v != "0" && !v.is_empty()).unwrap_or(false)
+    std::env::var(REQUIRE_ENV)
+        .map(|v| v != "0" && !v.is_empty())
+        .unwrap_or(false)
 }
 
 /// The backend of `kind` if this machine runs it. Otherwise prints that the test skips it, or,
@@ -61,9 +66,14 @@ pub fn kernels_for(backend: Backend) -> [Kernel; 2] {
     let base = Kernel::new().with_backend(backend);
     [
         base.with_threading(Threading::Serial),
-        base.with_threading(Threading::Parallel).with_parallel_min_len(128),
+        base.with_threading(Threading::Parallel)
+            .with_parallel_min_len(128),
     ]
 }
+
+/// Anything with the signature of `rmsprop_simd::step`.
+pub type StepFn<'f, T> =
+    dyn Fn(&Hyperparameters, &mut [T], &[T], State<'_, T>) -> Result<(), rmsprop_simd::Error> + 'f;
 
 /// Buffers for one step, with padding around the stepped range `offset..offset + len`.
 #[derive(Clone, Debug, PartialEq)]
@@ -83,7 +93,7 @@ impl<T: Element> Buffers<T> {
         hp: &Hyperparameters,
         offset: usize,
         len: usize,
-        step: &dyn Fn(&Hyperparameters, &mut [T], &[T], State<'_, T>) -> Result<(), rmsprop_simd::Error>,
+        step: &StepFn<'_, T>,
     ) -> Result<(), rmsprop_simd::Error> {
         let r = offset..offset + len;
         let (centered, momentum) = hp.uses_state();
@@ -110,7 +120,11 @@ pub fn assert_bitwise<T: Element>(got: &Buffers<T>, want: &Buffers<T>, what: &dy
         ("grads", &got.grads, &want.grads),
         ("square_avg", &got.square_avg, &want.square_avg),
         ("grad_avg", &got.grad_avg, &want.grad_avg),
-        ("momentum_buffer", &got.momentum_buffer, &want.momentum_buffer),
+        (
+            "momentum_buffer",
+            &got.momentum_buffer,
+            &want.momentum_buffer,
+        ),
     ] {
         assert_eq!(g.len(), w.len());
         if let Some(i) = (0..g.len()).find(|&i| !same(g[i], w[i])) {
@@ -141,8 +155,10 @@ pub fn check_against_reference<T: Element>(
     let mut got = start.clone();
     for (s, &lr) in lrs.iter().enumerate() {
         let hp = Hyperparameters { lr, ..*hp };
-        want.step_with(&hp, offset, len, &|hp, p, g, st| reference::step(hp, p, g, st))
-            .expect("valid input");
+        want.step_with(&hp, offset, len, &|hp, p, g, st| {
+            reference::step(hp, p, g, st)
+        })
+        .expect("valid input");
         got.step_with(&hp, offset, len, &|hp, p, g, st| kernel.step(hp, p, g, st))
             .expect("valid input");
         assert_bitwise(&got, &want, &|| {
