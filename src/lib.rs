@@ -3,8 +3,8 @@
 //!
 //! One step reads each parameter, gradient and state element once and writes each parameter and
 //! state element once: weight decay, the square-average EMA, optional centering, `sqrt + eps` and
-//! momentum are fused. Every backend equals the scalar [`reference`] bit for bit, and the
-//! reference follows PyTorch 2.15's CPU operation order (see [`reference`] for the exact
+//! momentum are fused. Every backend equals the scalar [`reference`](mod@reference) bit for bit, and the
+//! reference follows PyTorch 2.15's CPU operation order (see [`reference`](mod@reference) for the exact
 //! arithmetic and `README.md` for the numerics contract).
 //!
 //! ```
@@ -306,3 +306,8 @@ pub fn step<T: Element>(
 ) -> Result<(), Error> {
     Kernel::new().step(hp, params, grads, state)
 }
+
+/// The README's Rust examples, compiled and run as doctests so they cannot go stale.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
