@@ -134,6 +134,22 @@ fn exhaustive<T: TestFloat>(kind: BackendKind, test: &str) {
     }
 }
 
+fn small_cases<T: TestFloat>(kind: BackendKind, test: &str) {
+    let Some(backend) = backend_or_skip(kind, test) else {
+        return;
+    };
+    let mut rng = Rng(0x5EED ^ kind as u64);
+    for kernel in kernels_for(backend) {
+        for hp in variants() {
+            for len in [0, 1, 2, 3, 5, 8, 9, 17, 130] {
+                let offset = len % 2;
+                let start = rng.buffers::<T>(offset + len + 1);
+                check_against_reference(&kernel, &hp, &[0.01, 0.003], &start, offset, len);
+            }
+        }
+    }
+}
+
 fn edge_hyperparameters<T: TestFloat>(kind: BackendKind, test: &str) {
     let Some(backend) = backend_or_skip(kind, test) else {
         return;
@@ -235,27 +251,58 @@ macro_rules! backend_tests {
         mod $module {
             use super::*;
 
+            /// Short buffers (vector tails, one or two parallel chunks), all 16 variants: small
+            /// enough to run under miri.
             #[test]
+            fn small_cases_all_variants() {
+                small_cases::<f32>($kind, module_path!());
+                small_cases::<f64>($kind, module_path!());
+            }
+            #[test]
+            #[cfg_attr(
+                miri,
+                ignore = "too slow under miri; covered by small_cases_all_variants"
+            )]
             fn exhaustive_lengths_and_variants_f32() {
                 exhaustive::<f32>($kind, module_path!());
             }
             #[test]
+            #[cfg_attr(
+                miri,
+                ignore = "too slow under miri; covered by small_cases_all_variants"
+            )]
             fn exhaustive_lengths_and_variants_f64() {
                 exhaustive::<f64>($kind, module_path!());
             }
             #[test]
+            #[cfg_attr(
+                miri,
+                ignore = "too slow under miri; covered by small_cases_all_variants"
+            )]
             fn edge_hyperparameters_f32() {
                 edge_hyperparameters::<f32>($kind, module_path!());
             }
             #[test]
+            #[cfg_attr(
+                miri,
+                ignore = "too slow under miri; covered by small_cases_all_variants"
+            )]
             fn edge_hyperparameters_f64() {
                 edge_hyperparameters::<f64>($kind, module_path!());
             }
             #[test]
+            #[cfg_attr(
+                miri,
+                ignore = "too slow under miri; covered by small_cases_all_variants"
+            )]
             fn special_values_grid_f32() {
                 special_grid::<f32>($kind, module_path!());
             }
             #[test]
+            #[cfg_attr(
+                miri,
+                ignore = "too slow under miri; covered by small_cases_all_variants"
+            )]
             fn special_values_grid_f64() {
                 special_grid::<f64>($kind, module_path!());
             }
@@ -263,10 +310,12 @@ macro_rules! backend_tests {
             proptest! {
                 #![proptest_config(ProptestConfig::with_cases(192))]
                 #[test]
+                #[cfg_attr(miri, ignore = "too slow under miri")]
                 fn proptest_f32(case in case_strategy()) {
                     run_case::<f32>($kind, &case);
                 }
                 #[test]
+                #[cfg_attr(miri, ignore = "too slow under miri")]
                 fn proptest_f64(case in case_strategy()) {
                     run_case::<f64>($kind, &case);
                 }
@@ -355,9 +404,58 @@ fn run_case<T: TestFloat>(kind: BackendKind, case: &Case) {
     }
 }
 
+/// With the switch set (CI), every SIMD backend the CPU supports must be provided by the crate;
+/// the per-backend tests then fail rather than skip. Without it, this reports what would skip.
+#[test]
+fn every_supported_backend_is_provided() {
+    for kind in BackendKind::ALL {
+        let supported = support::cpu_supports(kind);
+        let provided = Backend::from_kind(kind).is_some();
+        eprintln!("{kind}: cpu supports {supported}, crate provides {provided}");
+        if supported && !provided {
+            assert!(
+                std::env::var(support::REQUIRE_ENV).is_err(),
+                "{kind} is supported by this CPU but not provided"
+            );
+        }
+        assert!(
+            !provided || supported || cfg!(miri),
+            "{kind} provided on a CPU without it"
+        );
+    }
+    assert!(Backend::available().any(|b| b.kind() == BackendKind::Scalar));
+}
+
+/// On aarch64 (run under qemu in CI) the detected backend must be NEON.
+#[cfg(target_arch = "aarch64")]
+#[test]
+fn neon_is_detected_on_aarch64() {
+    assert_eq!(Backend::detect().kind(), BackendKind::Neon);
+    assert_eq!(Backend::neon().map(|b| b.lanes::<f32>()), Some(4));
+}
+
+/// The vector widths are the ones each backend promises (so a backend is not silently scalar).
+#[test]
+fn lane_counts_match_the_instruction_sets() {
+    for backend in Backend::available() {
+        let (f32_lanes, f64_lanes) = match backend.kind() {
+            BackendKind::Scalar => (1, 1),
+            BackendKind::Avx2Fma => (8, 4),
+            BackendKind::Avx512 => (16, 8),
+            BackendKind::Neon => (4, 2),
+        };
+        assert_eq!(backend.lanes::<f32>(), f32_lanes, "{backend}");
+        assert_eq!(backend.lanes::<f64>(), f64_lanes, "{backend}");
+    }
+}
+
 /// Parallel results equal serial ones for any pool size, at the default threshold and at small
 /// ones (many chunks, uneven splits).
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "too slow under miri; small_cases_all_variants covers chunking"
+)]
 fn parallel_equals_serial_for_any_thread_count() {
     let mut rng = Rng(7);
     let hp = Hyperparameters {
@@ -389,6 +487,7 @@ fn parallel_equals_serial_for_any_thread_count() {
 
 /// The detected backend is one of the available ones and works through the free `step`.
 #[test]
+#[cfg_attr(miri, ignore = "too slow under miri")]
 fn default_step_uses_detected_backend() {
     let detected = Backend::detect();
     eprintln!("detected backend: {detected}");

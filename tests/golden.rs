@@ -58,21 +58,25 @@ fn check_backend(kind: BackendKind, test: &str) {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "file I/O and 1.6M element-steps: too slow under miri")]
 fn golden_scalar() {
     check_backend(BackendKind::Scalar, "golden_scalar");
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "file I/O and 1.6M element-steps: too slow under miri")]
 fn golden_avx2_fma() {
     check_backend(BackendKind::Avx2Fma, "golden_avx2_fma");
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "file I/O and 1.6M element-steps: too slow under miri")]
 fn golden_avx512() {
     check_backend(BackendKind::Avx512, "golden_avx512");
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "file I/O and 1.6M element-steps: too slow under miri")]
 fn golden_neon() {
     check_backend(BackendKind::Neon, "golden_neon");
 }
@@ -100,6 +104,7 @@ fn comparison_rule_rejects_wrong_results() {
 
 /// The semantics matter: eps inside the sqrt (a classic mistake) fails the golden set.
 #[test]
+#[cfg_attr(miri, ignore = "file I/O and 1.6M element-steps: too slow under miri")]
 fn golden_set_detects_wrong_semantics() {
     let set = GoldenSet::load(&golden_dir()).unwrap();
     let case = set
