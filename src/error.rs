@@ -57,7 +57,7 @@ impl fmt::Display for Error {
                 value,
                 reason,
             } => {
-                write!(f, "invalid hyperparameter {name} = {value}: {reason}")
+                write!(f, "invalid hyperparameter {name} = {value:?}: {reason}")
             }
             Error::LengthMismatch {
                 buffer,

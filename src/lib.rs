@@ -32,7 +32,8 @@
 //!   pool (see [`Threading`]).
 #![cfg_attr(not(feature = "std"), no_std)]
 #![deny(missing_docs)]
-#![forbid(unsafe_code)]
+// Only the C ABI (`capi` feature) uses `unsafe`; it opts in with an `allow` of its own.
+#![deny(unsafe_code)]
 
 mod backend;
 mod element;
@@ -40,6 +41,9 @@ mod error;
 mod hyper;
 mod kernel;
 pub mod reference;
+
+#[cfg(feature = "capi")]
+pub mod capi;
 
 pub use backend::{Backend, BackendKind};
 pub use element::Element;

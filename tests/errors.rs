@@ -108,7 +108,7 @@ fn validate_and_display_name_the_value() {
     let err = hp.validate().unwrap_err();
     assert_eq!(
         err.to_string(),
-        "invalid hyperparameter eps = -1: must be >= 0"
+        "invalid hyperparameter eps = -1.0: must be >= 0"
     );
     // 1e300 fits f64, so `validate` (the f64 check) accepts it; an f32 step refuses it
     assert!(Hyperparameters {

@@ -1,0 +1,594 @@
+//! Roofline report: the fused kernel against this machine's limits, measured in one run.
+//!
+//! For each element type, variant, size and thread count it measures
+//! - the kernel (auto-dispatched backend, as users get it),
+//! - the memory bandwidth of the same access pattern (the same arrays read, the same arrays
+//!   written in place, one fma per element: no sqrt/div), and
+//! - once per element type, the in-cache divider-bound ceiling: `a / (sqrt(b) + eps)` over
+//!   L1-resident arrays (one sqrt and one div per element, like the kernel), per core;
+//!
+//! and prints the kernel as a percentage of the roofline `min(bandwidth, divider ceiling x
+//! threads)`. It also times a multi-pass baseline shaped like `torch.optim.RMSprop`'s foreach path
+//! (one pass per tensor op, with a freshly allocated temporary, as PyTorch allocates `avg`), and
+//! writes an SVG plot of throughput against size.
+//!
+//! ```text
+//! cargo run --release --example roofline                   # full table, writes docs/roofline.svg
+//! cargo run --release --example roofline -- --quick        # fewer sizes
+//! cargo run --release --example roofline -- --svg out.svg  # plot elsewhere
+//! ```
+
+use plotters::prelude::*;
+use pulp::{Simd, WithSimd};
+use rmsprop_simd::{Element, Hyperparameters, Kernel, State, Threading};
+use std::time::{Duration, Instant};
+
+// ---------------------------------------------------------------- timing
+
+/// Seconds per call of `f`: the best of several batches, each batch long enough (>= 20 ms) to
+/// dwarf timer resolution. The best batch is the one least disturbed by the other tenants of a
+/// shared machine.
+fn seconds_per_call(mut f: impl FnMut()) -> f64 {
+    f(); // warm up: page faults, caches, thread pool
+    let mut reps = 1usize;
+    loop {
+        let t = Instant::now();
+        for _ in 0..reps {
+            f();
+        }
+        if t.elapsed() >= Duration::from_millis(20) || reps >= 1 << 20 {
+            break;
+        }
+        reps *= 2;
+    }
+    let mut best = f64::INFINITY;
+    for _ in 0..7 {
+        let t = Instant::now();
+        for _ in 0..reps {
+            f();
+        }
+        best = best.min(t.elapsed().as_secs_f64() / reps as f64);
+    }
+    best
+}
+
+// ---------------------------------------------------------------- workloads
+
+#[derive(Clone, Copy)]
+struct Variant {
+    name: &'static str,
+    hp: Hyperparameters,
+}
+
+fn variants() -> [Variant; 5] {
+    let d = Hyperparameters::default();
+    [
+        Variant {
+            name: "plain",
+            hp: d,
+        },
+        Variant {
+            name: "weight_decay",
+            hp: Hyperparameters {
+                weight_decay: 1e-2,
+                ..d
+            },
+        },
+        Variant {
+            name: "centered",
+            hp: Hyperparameters {
+                centered: true,
+                ..d
+            },
+        },
+        Variant {
+            name: "momentum",
+            hp: Hyperparameters { momentum: 0.9, ..d },
+        },
+        Variant {
+            name: "all",
+            hp: Hyperparameters {
+                weight_decay: 1e-2,
+                momentum: 0.9,
+                centered: true,
+                maximize: true,
+                ..d
+            },
+        },
+    ]
+}
+
+/// `(arrays read, arrays written)`: params, grads, square_avg (+ grad_avg, momentum_buffer).
+fn traffic(hp: &Hyperparameters) -> (usize, usize) {
+    let (c, m) = hp.uses_state();
+    (3 + c as usize + m as usize, 2 + c as usize + m as usize)
+}
+
+struct Buffers<T> {
+    grads: Vec<T>,
+    /// params, square_avg, grad_avg, momentum_buffer: the arrays updated in place.
+    in_place: Vec<Vec<T>>,
+}
+
+impl<T: Element> Buffers<T> {
+    fn new(len: usize, written: usize) -> Self {
+        let fill = |k: usize| {
+            (0..len)
+                .map(|i| T::from_f64(((i * 7 + k) % 1000) as f64 * 1e-4))
+                .collect::<Vec<T>>()
+        };
+        Buffers {
+            grads: fill(99),
+            in_place: (0..written).map(fill).collect(),
+        }
+    }
+
+    fn kernel_step(&mut self, kernel: &Kernel, hp: &Hyperparameters) {
+        let (centered, momentum) = hp.uses_state();
+        let [params, rest @ ..] = &mut self.in_place[..] else {
+            unreachable!()
+        };
+        let [square_avg, rest @ ..] = rest else {
+            unreachable!()
+        };
+        let mut state = State::new(&mut square_avg[..]);
+        let mut rest = rest.iter_mut();
+        if centered {
+            state = state.with_grad_avg(rest.next().unwrap());
+        }
+        if momentum {
+            state = state.with_momentum_buffer(rest.next().unwrap());
+        }
+        kernel
+            .step(hp, params, &self.grads, state)
+            .expect("valid input");
+    }
+}
+
+/// The bandwidth probe: every in-place array `x = fma(g, 0, x)`, reading `grads` once. Same
+/// arrays, same reads and writes as the kernel, negligible arithmetic.
+struct Stream<'a, T> {
+    grads: &'a [T],
+    in_place: Vec<&'a mut [T]>,
+}
+
+impl<T: Element + PulpFloat> WithSimd for Stream<'_, T> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) {
+        let zero = T::v_splat(simd, T::from_f64(0.0));
+        let (g_head, g_tail) = T::v_as_simd::<S>(self.grads);
+        let mut heads = Vec::new();
+        let mut tails = Vec::new();
+        for x in self.in_place {
+            let (h, t) = T::v_as_mut_simd::<S>(x);
+            heads.push(h);
+            tails.push(t);
+        }
+        // Unrolled over the number of arrays so the loop body has no inner loop.
+        macro_rules! pass {
+            ($($h:ident),*) => {{
+                let [$($h),*] = &mut heads[..] else { unreachable!() };
+                for (i, &g) in g_head.iter().enumerate() {
+                    $($h[i] = T::v_fma(simd, g, zero, $h[i]);)*
+                }
+            }};
+        }
+        match heads.len() {
+            2 => pass!(a, b),
+            3 => pass!(a, b, c),
+            4 => pass!(a, b, c, d),
+            n => unreachable!("{n} arrays"),
+        }
+        for t in tails {
+            for (x, &g) in t.iter_mut().zip(g_tail) {
+                *x = *x + g * T::from_f64(0.0);
+            }
+        }
+    }
+}
+
+/// The divider probe: `out = a / (sqrt(b) + eps)`, one sqrt and one div per element.
+struct Divider<'a, T> {
+    a: &'a [T],
+    b: &'a [T],
+    out: &'a mut [T],
+}
+
+impl<T: Element + PulpFloat> WithSimd for Divider<'_, T> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) {
+        let eps = T::v_splat(simd, T::from_f64(1e-8));
+        let (a, _) = T::v_as_simd::<S>(self.a);
+        let (b, _) = T::v_as_simd::<S>(self.b);
+        let (out, _) = T::v_as_mut_simd::<S>(self.out);
+        for ((o, &a), &b) in out.iter_mut().zip(a).zip(b) {
+            *o = T::v_div(simd, a, T::v_add(simd, T::v_sqrt(simd, b), eps));
+        }
+    }
+}
+
+/// The pulp operations the probes need, for f32 and f64.
+trait PulpFloat: Sized + Copy {
+    type V<S: Simd>: Copy;
+    fn v_splat<S: Simd>(s: S, x: Self) -> Self::V<S>;
+    fn v_fma<S: Simd>(s: S, a: Self::V<S>, b: Self::V<S>, c: Self::V<S>) -> Self::V<S>;
+    fn v_add<S: Simd>(s: S, a: Self::V<S>, b: Self::V<S>) -> Self::V<S>;
+    fn v_div<S: Simd>(s: S, a: Self::V<S>, b: Self::V<S>) -> Self::V<S>;
+    fn v_sqrt<S: Simd>(s: S, a: Self::V<S>) -> Self::V<S>;
+    fn v_as_simd<S: Simd>(x: &[Self]) -> (&[Self::V<S>], &[Self]);
+    fn v_as_mut_simd<S: Simd>(x: &mut [Self]) -> (&mut [Self::V<S>], &mut [Self]);
+}
+
+macro_rules! pulp_float {
+    ($t:ty, $v:ident, $splat:ident, $fma:ident, $add:ident, $div:ident, $sqrt:ident, $as:ident, $as_mut:ident) => {
+        impl PulpFloat for $t {
+            type V<S: Simd> = S::$v;
+            fn v_splat<S: Simd>(s: S, x: Self) -> S::$v {
+                s.$splat(x)
+            }
+            fn v_fma<S: Simd>(s: S, a: S::$v, b: S::$v, c: S::$v) -> S::$v {
+                s.$fma(a, b, c)
+            }
+            fn v_add<S: Simd>(s: S, a: S::$v, b: S::$v) -> S::$v {
+                s.$add(a, b)
+            }
+            fn v_div<S: Simd>(s: S, a: S::$v, b: S::$v) -> S::$v {
+                s.$div(a, b)
+            }
+            fn v_sqrt<S: Simd>(s: S, a: S::$v) -> S::$v {
+                s.$sqrt(a)
+            }
+            fn v_as_simd<S: Simd>(x: &[Self]) -> (&[S::$v], &[Self]) {
+                S::$as(x)
+            }
+            fn v_as_mut_simd<S: Simd>(x: &mut [Self]) -> (&mut [S::$v], &mut [Self]) {
+                S::$as_mut(x)
+            }
+        }
+    };
+}
+pulp_float!(
+    f32,
+    f32s,
+    splat_f32s,
+    mul_add_f32s,
+    add_f32s,
+    div_f32s,
+    sqrt_f32s,
+    as_simd_f32s,
+    as_mut_simd_f32s
+);
+pulp_float!(
+    f64,
+    f64s,
+    splat_f64s,
+    mul_add_f64s,
+    add_f64s,
+    div_f64s,
+    sqrt_f64s,
+    as_simd_f64s,
+    as_mut_simd_f64s
+);
+
+fn bandwidth_probe<T: Element + PulpFloat>(bufs: &mut Buffers<T>, threads: usize) -> f64 {
+    let len = bufs.grads.len();
+    let arch = pulp::Arch::new();
+    let Buffers { grads, in_place } = bufs;
+    seconds_per_call(|| {
+        if threads == 1 {
+            let arrays = in_place.iter_mut().map(|v| &mut v[..]).collect();
+            return arch.dispatch(Stream {
+                grads,
+                in_place: arrays,
+            });
+        }
+        // `threads` equal contiguous parts, one per worker, on the current rayon pool.
+        let part = len.div_ceil(threads).next_multiple_of(64);
+        let mut per_thread: Vec<Vec<&mut [T]>> = (0..threads).map(|_| Vec::new()).collect();
+        for v in in_place.iter_mut() {
+            for (t, chunk) in v.chunks_mut(part).enumerate() {
+                per_thread[t].push(chunk);
+            }
+        }
+        rayon::scope(|s| {
+            for (arrays, g) in per_thread.into_iter().zip(grads.chunks(part)) {
+                s.spawn(move |_| {
+                    arch.dispatch(Stream {
+                        grads: g,
+                        in_place: arrays,
+                    })
+                });
+            }
+        });
+    })
+}
+
+/// Elements per second per core of `a / (sqrt(b) + eps)` on L1-resident arrays.
+fn divider_ceiling<T: Element + PulpFloat>() -> f64 {
+    let n = 2048;
+    let a: Vec<T> = (0..n).map(|i| T::from_f64(1.0 + i as f64)).collect();
+    let b: Vec<T> = (0..n).map(|i| T::from_f64(2.0 + i as f64)).collect();
+    let mut out = vec![T::from_f64(0.0); n];
+    let arch = pulp::Arch::new();
+    let secs = seconds_per_call(|| {
+        arch.dispatch(Divider {
+            a: &a,
+            b: &b,
+            out: &mut out,
+        })
+    });
+    n as f64 / secs
+}
+
+/// `torch.optim.RMSprop` foreach-shaped plain step: one pass per op and a fresh temporary.
+fn multi_pass_plain<T: Element>(hp: &Hyperparameters, bufs: &mut Buffers<T>) {
+    let alpha = T::from_f64(hp.alpha);
+    let one_minus_alpha = T::from_f64(1.0 - hp.alpha);
+    let eps = T::from_f64(hp.eps);
+    let neg_lr = T::from_f64(-hp.lr);
+    let [params, square_avg] = &mut bufs.in_place[..] else {
+        unreachable!()
+    };
+    let grads = &bufs.grads;
+    square_avg.iter_mut().for_each(|v| *v = *v * alpha); // _foreach_mul_
+    for (v, &g) in square_avg.iter_mut().zip(grads) {
+        *v = *v + one_minus_alpha * g * g; // _foreach_addcmul_
+    }
+    // _foreach_sqrt: a new tensor every step, as PyTorch allocates it
+    let mut avg: Vec<T> = square_avg
+        .iter()
+        .map(|&v| T::from_f64(v.to_f64().sqrt()))
+        .collect();
+    avg.iter_mut().for_each(|a| *a = *a + eps); // _foreach_add_
+    for ((p, &g), &a) in params.iter_mut().zip(grads).zip(&avg) {
+        *p = *p + neg_lr * g / a; // _foreach_addcdiv_
+    }
+}
+
+// ---------------------------------------------------------------- report
+
+struct Row {
+    dtype: &'static str,
+    variant: &'static str,
+    len: usize,
+    threads: usize,
+    kernel_gbs: f64,
+    bandwidth_gbs: f64,
+    divider_gbs: f64,
+}
+
+impl Row {
+    fn roofline(&self) -> f64 {
+        self.bandwidth_gbs.min(self.divider_gbs)
+    }
+}
+
+fn measure<T: Element + PulpFloat>(
+    sizes: &[usize],
+    thread_counts: &[usize],
+    rows: &mut Vec<Row>,
+    baseline: &mut Vec<(String, usize, f64, f64)>,
+) {
+    let divider = divider_ceiling::<T>();
+    let size = std::mem::size_of::<T>();
+    println!(
+        "\n{}: divider-bound ceiling (sqrt + div per element, in L1) {:.2} Gelem/s per core",
+        T::NAME,
+        divider / 1e9
+    );
+    println!(
+        "{:<4} {:<13} {:>10} {:>3} | {:>9} {:>9} {:>6} | {:>9} {:>6} | {:>6}",
+        "type",
+        "variant",
+        "elements",
+        "thr",
+        "kern GB/s",
+        "bw GB/s",
+        "% bw",
+        "div GB/s",
+        "% div",
+        "% roof"
+    );
+    for variant in variants() {
+        let (read, written) = traffic(&variant.hp);
+        let bytes = ((read + written) * size) as f64;
+        for &len in sizes {
+            let mut bufs = Buffers::<T>::new(len, written);
+            for &threads in thread_counts {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let threading = if threads == 1 {
+                    Threading::Serial
+                } else {
+                    Threading::Parallel
+                };
+                let kernel = Kernel::new().with_threading(threading);
+                let (k_secs, bw_secs) = pool.install(|| {
+                    let k = seconds_per_call(|| bufs.kernel_step(&kernel, &variant.hp));
+                    (k, bandwidth_probe(&mut bufs, threads))
+                });
+                let row = Row {
+                    dtype: T::NAME,
+                    variant: variant.name,
+                    len,
+                    threads,
+                    kernel_gbs: len as f64 * bytes / k_secs / 1e9,
+                    bandwidth_gbs: len as f64 * bytes / bw_secs / 1e9,
+                    divider_gbs: divider * threads as f64 * bytes / 1e9,
+                };
+                println!(
+                    "{:<4} {:<13} {:>10} {:>3} | {:>9.1} {:>9.1} {:>5.0}% | {:>9.1} {:>5.0}% | {:>5.0}%",
+                    row.dtype,
+                    row.variant,
+                    len,
+                    threads,
+                    row.kernel_gbs,
+                    row.bandwidth_gbs,
+                    100.0 * row.kernel_gbs / row.bandwidth_gbs,
+                    row.divider_gbs,
+                    100.0 * row.kernel_gbs / row.divider_gbs,
+                    100.0 * row.kernel_gbs / row.roofline()
+                );
+                if variant.name == "plain" && threads == 1 && len >= 100_000 {
+                    let mp = seconds_per_call(|| multi_pass_plain(&variant.hp, &mut bufs));
+                    baseline.push((
+                        T::NAME.to_string(),
+                        len,
+                        len as f64 / k_secs,
+                        len as f64 / mp,
+                    ));
+                }
+                rows.push(row);
+            }
+        }
+    }
+}
+
+fn plot(rows: &[Row], path: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let root = SVGBackend::new(path, (960, 600)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let pick = |dtype: &str, variant: &str, threads: usize| {
+        rows.iter()
+            .filter(|r| r.dtype == dtype && r.variant == variant && r.threads == threads)
+            .map(|r| (r.len as f64, r))
+            .collect::<Vec<_>>()
+    };
+    let max_len = rows.iter().map(|r| r.len).max().unwrap_or(1) as f64;
+    let min_len = rows.iter().map(|r| r.len).min().unwrap_or(1) as f64;
+    let ymax = rows
+        .iter()
+        .filter(|r| r.variant == "plain" && r.dtype == "f32")
+        .map(|r| r.kernel_gbs.max(r.roofline()))
+        .fold(0.0, f64::max)
+        * 1.1;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "rmsprop-simd, f32 plain step: kernel vs roofline (GB/s of minimal traffic)",
+            ("sans-serif", 20),
+        )
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(60)
+        .build_cartesian_2d((min_len..max_len).log_scale(), 0.0..ymax)?;
+    chart
+        .configure_mesh()
+        .x_desc("elements per buffer")
+        .y_desc("GB/s (20 bytes per element)")
+        .draw()?;
+    let threads: Vec<usize> = {
+        let mut t: Vec<usize> = rows.iter().map(|r| r.threads).collect();
+        t.sort();
+        t.dedup();
+        t
+    };
+    for (i, &t) in threads.iter().enumerate() {
+        let color = Palette99::pick(i * 3).to_rgba();
+        let series = pick("f32", "plain", t);
+        chart
+            .draw_series(LineSeries::new(
+                series.iter().map(|(x, r)| (*x, r.kernel_gbs)),
+                color.stroke_width(3),
+            ))?
+            .label(format!("kernel, {t} thread(s)"))
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3))
+            });
+        chart
+            .draw_series(DashedLineSeries::new(
+                series.iter().map(|(x, r)| (*x, r.roofline())),
+                6,
+                4,
+                color.stroke_width(1),
+            ))?
+            .label(format!("roofline min(bandwidth, divider), {t} thread(s)"))
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(1))
+            });
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let svg = args
+        .iter()
+        .position(|a| a == "--svg")
+        .and_then(|i| args.get(i + 1).cloned())
+        .unwrap_or_else(|| "docs/roofline.svg".to_string());
+    let sizes: Vec<usize> = if quick {
+        vec![1_000, 30_000, 1_000_000, 10_000_000]
+    } else {
+        vec![
+            1_000, 3_000, 10_000, 30_000, 100_000, 300_000, 1_000_000, 3_000_000, 10_000_000,
+            30_000_000,
+        ]
+    };
+    let all = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let thread_counts: Vec<usize> = if all > 1 { vec![1, all] } else { vec![1] };
+    println!(
+        "roofline: backend {} (portable build: {}), threads {:?}, {} cores",
+        Kernel::new().backend(),
+        if cfg!(target_feature = "avx2") {
+            "no, built with AVX2 enabled"
+        } else {
+            "yes"
+        },
+        thread_counts,
+        all
+    );
+    println!("GB/s counts the minimal traffic: each input read once, each output written once.");
+    let mut rows = Vec::new();
+    let mut baseline = Vec::new();
+    measure::<f32>(&sizes, &thread_counts, &mut rows, &mut baseline);
+    measure::<f64>(&sizes, &thread_counts, &mut rows, &mut baseline);
+
+    println!("\nfused vs multi-pass baseline (plain, 1 thread; foreach-shaped, fresh temporary):");
+    for (dtype, len, fused, multi) in &baseline {
+        println!(
+            "  {dtype} {len:>10}: fused {:.2} Gelem/s, multi-pass {:.2} Gelem/s, {:.1}x",
+            fused / 1e9,
+            multi / 1e9,
+            fused / multi
+        );
+    }
+
+    println!("\nparallel vs serial (kernel GB/s ratio, all threads / 1 thread):");
+    for r in rows.iter().filter(|r| r.threads > 1) {
+        if let Some(s) = rows.iter().find(|s| {
+            s.threads == 1 && s.dtype == r.dtype && s.variant == r.variant && s.len == r.len
+        }) {
+            if r.variant == "plain" {
+                println!(
+                    "  {} {:>10}: {:.2}x",
+                    r.dtype,
+                    r.len,
+                    r.kernel_gbs / s.kernel_gbs
+                );
+            }
+        }
+    }
+
+    if let Some(dir) = std::path::Path::new(&svg).parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    match plot(&rows, &svg) {
+        Ok(()) => println!("\nplot written to {svg}"),
+        Err(e) => {
+            eprintln!("error: cannot write the plot {svg}: {e}");
+            std::process::exit(1);
+        }
+    }
+}
