@@ -11,7 +11,7 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use rmsprop_simd::{Backend, Element, Hyperparameters, Kernel, State, Threading};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 struct Variant {
     name: &'static str,
@@ -75,6 +75,8 @@ fn sizes() -> Vec<usize> {
 }
 
 struct Data<T> {
+    /// `(params, square_avg, grad_avg, momentum_buffer)` at the start, restored every 256 steps.
+    pristine: Option<Box<Data<T>>>,
     params: Vec<T>,
     grads: Vec<T>,
     square_avg: Vec<T>,
@@ -90,13 +92,33 @@ impl<T: Element> Data<T> {
                 .map(|i| T::from_f64(f(i)))
                 .collect::<Vec<T>>()
         };
-        Data {
+        let mut data = Data {
+            pristine: None,
             params: v(|i| ((i % 1013) as f64 - 500.0) * 1e-3, true),
-            grads: v(|i| ((i % 997) as f64 - 498.0) * 1e-4, true),
+            // never exactly zero: a gradient that stays 0 decays square_avg into subnormals
+            grads: v(|i| ((i % 997) as f64 - 498.5) * 1e-4, true),
             square_avg: v(|i| (i % 89) as f64 * 1e-6, true),
             grad_avg: v(|i| ((i % 83) as f64 - 41.0) * 1e-5, centered),
             momentum_buffer: v(|i| ((i % 79) as f64 - 39.0) * 1e-4, momentum),
-        }
+        };
+        data.pristine = Some(Box::new(Data {
+            pristine: None,
+            params: data.params.clone(),
+            grads: Vec::new(),
+            square_avg: data.square_avg.clone(),
+            grad_avg: data.grad_avg.clone(),
+            momentum_buffer: data.momentum_buffer.clone(),
+        }));
+        data
+    }
+
+    fn reset(&mut self) {
+        let p = self.pristine.take().expect("pristine copy");
+        self.params.copy_from_slice(&p.params);
+        self.square_avg.copy_from_slice(&p.square_avg);
+        self.grad_avg.copy_from_slice(&p.grad_avg);
+        self.momentum_buffer.copy_from_slice(&p.momentum_buffer);
+        self.pristine = Some(p);
     }
 
     fn step(&mut self, kernel: &Kernel, hp: &Hyperparameters) {
@@ -113,34 +135,26 @@ impl<T: Element> Data<T> {
     }
 }
 
-/// What `torch.optim.RMSprop` (foreach path) does: one pass per tensor op, with a temporary
-/// `avg` buffer. Plain variant only (the fused gain is shown on it).
-fn multi_pass_plain<T: Element>(hp: &Hyperparameters, d: &mut Data<T>, avg: &mut [T]) {
-    let alpha = T::from_f64(hp.alpha);
-    let one_minus_alpha = T::from_f64(1.0 - hp.alpha);
-    let eps = T::from_f64(hp.eps);
-    let neg_lr = T::from_f64(-hp.lr);
-    let sqrt = |x: T| T::from_f64(x.to_f64().sqrt()); // exact: sqrt of a T rounds the same via f64
-                                                      // square_avg.mul_(alpha)
-    for v in d.square_avg.iter_mut() {
-        *v = *v * alpha;
+#[path = "support/multipass.rs"]
+mod multipass;
+
+/// Criterion's `iter_custom` body: `iters` calls of `f`, restoring the data (untimed) every 256
+/// calls. Thousands of steps on the same gradients drift some values into the subnormal range,
+/// which is 2x slower on x86 and not what a training step sees.
+fn timed<T: Element>(data: &mut Data<T>, iters: u64, mut f: impl FnMut(&mut Data<T>)) -> Duration {
+    let mut total = Duration::ZERO;
+    let mut done = 0;
+    while done < iters {
+        data.reset();
+        let batch = (iters - done).min(256);
+        let start = Instant::now();
+        for _ in 0..batch {
+            f(data);
+        }
+        total += start.elapsed();
+        done += batch;
     }
-    // square_avg.addcmul_(grad, grad, value=1-alpha)
-    for (v, &g) in d.square_avg.iter_mut().zip(&d.grads) {
-        *v = *v + one_minus_alpha * g * g;
-    }
-    // avg = square_avg.sqrt()
-    for (a, &v) in avg.iter_mut().zip(&d.square_avg) {
-        *a = sqrt(v);
-    }
-    // avg.add_(eps)
-    for a in avg.iter_mut() {
-        *a = *a + eps;
-    }
-    // param.addcdiv_(grad, avg, value=-lr)
-    for ((p, &g), &a) in d.params.iter_mut().zip(&d.grads).zip(avg.iter()) {
-        *p = *p + neg_lr * g / a;
-    }
+    total
 }
 
 fn bench_type<T: Element>(c: &mut Criterion) {
@@ -175,13 +189,21 @@ fn bench_type<T: Element>(c: &mut Criterion) {
             kernels.push(("auto/parallel".into(), Kernel::new()));
             for (name, kernel) in kernels {
                 group.bench_function(BenchmarkId::new(name, len), |b| {
-                    b.iter(|| data.step(&kernel, &variant.hp))
+                    b.iter_custom(|iters| timed(&mut data, iters, |d| d.step(&kernel, &variant.hp)))
                 });
             }
             if variant.name == "plain" {
-                let mut avg = vec![T::default(); len];
                 group.bench_function(BenchmarkId::new("multi-pass/serial", len), |b| {
-                    b.iter(|| multi_pass_plain(&variant.hp, &mut data, &mut avg))
+                    b.iter_custom(|iters| {
+                        timed(&mut data, iters, |d| {
+                            multipass::multi_pass_plain(
+                                &variant.hp,
+                                &mut d.params,
+                                &d.grads,
+                                &mut d.square_avg,
+                            )
+                        })
+                    })
                 });
             }
         }

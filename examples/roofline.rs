@@ -25,27 +25,31 @@ use std::time::{Duration, Instant};
 
 // ---------------------------------------------------------------- timing
 
-/// Seconds per call of `f`: the best of several batches, each batch long enough (>= 20 ms) to
-/// dwarf timer resolution. The best batch is the one least disturbed by the other tenants of a
-/// shared machine.
-fn seconds_per_call(mut f: impl FnMut()) -> f64 {
-    f(); // warm up: page faults, caches, thread pool
+/// Seconds per call of `f`: the best of several batches of at most 256 calls, each batch
+/// preceded (untimed) by `reset`. The best batch is the one least disturbed by the other tenants
+/// of a shared machine. Resetting matters: thousands of steps on the same gradients drive some
+/// values into the subnormal range, which is 2x slower on x86 and not what a training step sees.
+fn seconds_per_call<D>(data: &mut D, reset: impl Fn(&mut D), mut f: impl FnMut(&mut D)) -> f64 {
+    reset(data);
+    f(data); // warm up: page faults, caches, thread pool
     let mut reps = 1usize;
     loop {
+        reset(data);
         let t = Instant::now();
         for _ in 0..reps {
-            f();
+            f(data);
         }
-        if t.elapsed() >= Duration::from_millis(20) || reps >= 1 << 20 {
+        if t.elapsed() >= Duration::from_millis(5) || reps >= 256 {
             break;
         }
         reps *= 2;
     }
     let mut best = f64::INFINITY;
-    for _ in 0..7 {
+    for _ in 0..9 {
+        reset(data);
         let t = Instant::now();
         for _ in 0..reps {
-            f();
+            f(data);
         }
         best = best.min(t.elapsed().as_secs_f64() / reps as f64);
     }
@@ -108,18 +112,29 @@ struct Buffers<T> {
     grads: Vec<T>,
     /// params, square_avg, grad_avg, momentum_buffer: the arrays updated in place.
     in_place: Vec<Vec<T>>,
+    /// The starting values of `in_place`, restored before each timed batch.
+    pristine: Vec<Vec<T>>,
 }
 
 impl<T: Element> Buffers<T> {
     fn new(len: usize, written: usize) -> Self {
+        // never exactly zero: a gradient that stays 0 decays its square_avg into subnormals
         let fill = |k: usize| {
             (0..len)
-                .map(|i| T::from_f64(((i * 7 + k) % 1000) as f64 * 1e-4))
+                .map(|i| T::from_f64((((i * 7 + k) % 1000) as f64 + 0.5) * 1e-4))
                 .collect::<Vec<T>>()
         };
+        let in_place: Vec<Vec<T>> = (0..written).map(fill).collect();
         Buffers {
             grads: fill(99),
-            in_place: (0..written).map(fill).collect(),
+            pristine: in_place.clone(),
+            in_place,
+        }
+    }
+
+    fn reset(&mut self) {
+        for (x, p) in self.in_place.iter_mut().zip(&self.pristine) {
+            x.copy_from_slice(p);
         }
     }
 
@@ -275,8 +290,10 @@ pulp_float!(
 fn bandwidth_probe<T: Element + PulpFloat>(bufs: &mut Buffers<T>, threads: usize) -> f64 {
     let len = bufs.grads.len();
     let arch = pulp::Arch::new();
-    let Buffers { grads, in_place } = bufs;
-    seconds_per_call(|| {
+    seconds_per_call(bufs, Buffers::reset, |bufs| {
+        let Buffers {
+            grads, in_place, ..
+        } = bufs;
         if threads == 1 {
             let arrays = in_place.iter_mut().map(|v| &mut v[..]).collect();
             return arch.dispatch(Stream {
@@ -312,39 +329,22 @@ fn divider_ceiling<T: Element + PulpFloat>() -> f64 {
     let b: Vec<T> = (0..n).map(|i| T::from_f64(2.0 + i as f64)).collect();
     let mut out = vec![T::from_f64(0.0); n];
     let arch = pulp::Arch::new();
-    let secs = seconds_per_call(|| {
-        arch.dispatch(Divider {
-            a: &a,
-            b: &b,
-            out: &mut out,
-        })
-    });
+    let secs = seconds_per_call(
+        &mut out,
+        |_| (),
+        |out| arch.dispatch(Divider { a: &a, b: &b, out }),
+    );
     n as f64 / secs
 }
 
-/// `torch.optim.RMSprop` foreach-shaped plain step: one pass per op and a fresh temporary.
+#[path = "../benches/support/multipass.rs"]
+mod multipass;
+
 fn multi_pass_plain<T: Element>(hp: &Hyperparameters, bufs: &mut Buffers<T>) {
-    let alpha = T::from_f64(hp.alpha);
-    let one_minus_alpha = T::from_f64(1.0 - hp.alpha);
-    let eps = T::from_f64(hp.eps);
-    let neg_lr = T::from_f64(-hp.lr);
     let [params, square_avg] = &mut bufs.in_place[..] else {
         unreachable!()
     };
-    let grads = &bufs.grads;
-    square_avg.iter_mut().for_each(|v| *v = *v * alpha); // _foreach_mul_
-    for (v, &g) in square_avg.iter_mut().zip(grads) {
-        *v = *v + one_minus_alpha * g * g; // _foreach_addcmul_
-    }
-    // _foreach_sqrt: a new tensor every step, as PyTorch allocates it
-    let mut avg: Vec<T> = square_avg
-        .iter()
-        .map(|&v| T::from_f64(v.to_f64().sqrt()))
-        .collect();
-    avg.iter_mut().for_each(|a| *a = *a + eps); // _foreach_add_
-    for ((p, &g), &a) in params.iter_mut().zip(grads).zip(&avg) {
-        *p = *p + neg_lr * g / a; // _foreach_addcdiv_
-    }
+    multipass::multi_pass_plain(hp, params, &bufs.grads, square_avg);
 }
 
 // ---------------------------------------------------------------- report
@@ -408,7 +408,9 @@ fn measure<T: Element + PulpFloat>(
                 };
                 let kernel = Kernel::new().with_threading(threading);
                 let (k_secs, bw_secs) = pool.install(|| {
-                    let k = seconds_per_call(|| bufs.kernel_step(&kernel, &variant.hp));
+                    let k = seconds_per_call(&mut bufs, Buffers::reset, |b| {
+                        b.kernel_step(&kernel, &variant.hp)
+                    });
                     (k, bandwidth_probe(&mut bufs, threads))
                 });
                 let row = Row {
@@ -434,7 +436,9 @@ fn measure<T: Element + PulpFloat>(
                     100.0 * row.kernel_gbs / row.roofline()
                 );
                 if variant.name == "plain" && threads == 1 && len >= 100_000 {
-                    let mp = seconds_per_call(|| multi_pass_plain(&variant.hp, &mut bufs));
+                    let mp = seconds_per_call(&mut bufs, Buffers::reset, |b| {
+                        multi_pass_plain(&variant.hp, b)
+                    });
                     baseline.push((
                         T::NAME.to_string(),
                         len,
