@@ -14,13 +14,13 @@ pub(crate) struct Buffers<'a, T> {
 }
 
 impl<'a, T> Buffers<'a, T> {
-    #[cfg(feature = "rayon")]
+    #[cfg_attr(not(feature = "rayon"), allow(dead_code))]
     pub fn len(&self) -> usize {
         self.params.len()
     }
 
     /// Splits every buffer at `mid` (absent, empty state buffers stay empty on both sides).
-    #[cfg(feature = "rayon")]
+    #[cfg_attr(not(feature = "rayon"), allow(dead_code))]
     pub fn split_at(self, mid: usize) -> (Buffers<'a, T>, Buffers<'a, T>) {
         fn split_opt<T>(s: &mut [T], mid: usize) -> (&mut [T], &mut [T]) {
             if s.is_empty() {

@@ -44,6 +44,13 @@ pub mod reference;
 
 #[cfg(feature = "capi")]
 pub mod capi;
+#[cfg(feature = "std")]
+mod optimizer;
+
+#[cfg(feature = "num-complex")]
+pub use optimizer::complex;
+#[cfg(feature = "std")]
+pub use optimizer::{OptimizerError, ParamGroup, RmsProp, TensorState};
 
 pub use backend::{Backend, BackendKind};
 pub use element::Element;

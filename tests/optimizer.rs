@@ -1,0 +1,715 @@
+//! The model-level optimizer: PyTorch resume, save/load round trip, multi-tensor vs per-tensor,
+//! lazy state, and every error path (nothing modified).
+#![cfg(feature = "safetensors")]
+
+mod support;
+
+use rmsprop_simd::{
+    Backend, Hyperparameters, Kernel, OptimizerError, ParamGroup, RmsProp, State, Threading,
+};
+use safetensors::SafeTensors;
+use std::path::PathBuf;
+use support::golden::relative_error;
+
+fn resume_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/torch-2.15-resume")
+}
+
+fn read(name: &str) -> Vec<u8> {
+    std::fs::read(resume_dir().join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+fn f32s(view: &safetensors::tensor::TensorView<'_>) -> Vec<f32> {
+    view.data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+/// Loads PyTorch's state after 5 steps, continues for steps 5..9 (with the missing gradients),
+/// and matches PyTorch's state after step 9: parameters, every state buffer and step counts.
+#[test]
+#[cfg_attr(miri, ignore = "file I/O")]
+fn resumes_pytorch_state_with_the_same_trajectory() {
+    let start_bytes = read("start.safetensors");
+    let grads_bytes = read("grads.safetensors");
+    let expected_bytes = read("expected.safetensors");
+    let groups_json = String::from_utf8(read("param_groups.json")).unwrap();
+    let start = SafeTensors::deserialize(&start_bytes).unwrap();
+    let grads = SafeTensors::deserialize(&grads_bytes).unwrap();
+    let expected = SafeTensors::deserialize(&expected_bytes).unwrap();
+    let n = 5;
+    let shapes: Vec<Vec<usize>> = (0..n)
+        .map(|i| {
+            start
+                .tensor(&format!("param.{i}"))
+                .unwrap()
+                .shape()
+                .to_vec()
+        })
+        .collect();
+    let params0: Vec<Vec<f32>> = (0..n)
+        .map(|i| f32s(&start.tensor(&format!("param.{i}")).unwrap()))
+        .collect();
+
+    for backend in Backend::available() {
+        for threading in [Threading::Serial, Threading::Parallel] {
+            let kernel = Kernel::new()
+                .with_backend(backend)
+                .with_threading(threading)
+                .with_parallel_min_len(128);
+            let mut opt =
+                RmsProp::<f32>::from_state(shapes.clone(), &start_bytes, Some(&groups_json))
+                    .unwrap()
+                    .with_kernel(kernel);
+            assert_eq!(opt.param_groups().len(), 3);
+            assert_eq!(
+                opt.state(3).unwrap().step,
+                4,
+                "parameter 3 missed a gradient before the save"
+            );
+            let mut params = params0.clone();
+            let mut missing = 0;
+            for step in 5..10 {
+                let g: Vec<Option<Vec<f32>>> = (0..n)
+                    .map(|i| {
+                        grads
+                            .tensor(&format!("grad.{step}.{i}"))
+                            .ok()
+                            .map(|v| f32s(&v))
+                    })
+                    .collect();
+                missing += g.iter().filter(|g| g.is_none()).count();
+                let g_refs: Vec<Option<&[f32]>> = g.iter().map(|g| g.as_deref()).collect();
+                let mut p_refs: Vec<&mut [f32]> = params.iter_mut().map(|p| &mut p[..]).collect();
+                opt.step(&mut p_refs, &g_refs).unwrap();
+            }
+            assert!(missing > 0, "the set exercises missing gradients");
+            let tol = 1e-5;
+            let tiny = f32::MIN_POSITIVE as f64;
+            for i in 0..n {
+                let check = |what: &str, got: &[f32], start: &[f32]| {
+                    let e = f32s(&expected.tensor(what).unwrap());
+                    let err = relative_error(got, &e, start, tiny);
+                    assert!(
+                        err <= tol,
+                        "{backend} {threading:?} {what}: relative error {err:e}"
+                    );
+                };
+                check(&format!("param.{i}"), &params[i], &params0[i]);
+                let st = opt.state(i).unwrap();
+                let zeros = vec![0.0f32; st.square_avg.len()];
+                check(&format!("state.{i}.square_avg"), &st.square_avg, &zeros);
+                if let Some(b) = &st.grad_avg {
+                    check(&format!("state.{i}.grad_avg"), b, &zeros);
+                }
+                if let Some(b) = &st.momentum_buffer {
+                    check(&format!("state.{i}.momentum_buffer"), b, &zeros);
+                }
+                let step = f32s(&expected.tensor(&format!("state.{i}.step")).unwrap())[0];
+                assert_eq!(st.step as f32, step, "tensor {i} step count");
+                // every buffer PyTorch has, we have
+                for field in ["grad_avg", "momentum_buffer"] {
+                    let theirs = expected.tensor(&format!("state.{i}.{field}")).is_ok();
+                    let ours = if field == "grad_avg" {
+                        st.grad_avg.is_some()
+                    } else {
+                        st.momentum_buffer.is_some()
+                    };
+                    assert_eq!(ours, theirs, "tensor {i} {field} presence");
+                }
+            }
+        }
+    }
+}
+
+/// A small model: shapes of every size class, three groups with different variants.
+fn model() -> (Vec<Vec<usize>>, Vec<ParamGroup>) {
+    let shapes = vec![
+        vec![64, 3, 7, 7],
+        vec![64],
+        vec![300, 70],
+        vec![5],
+        vec![1],
+        vec![0],
+        vec![1000, 37],
+        vec![3, 3],
+    ];
+    let d = Hyperparameters::default();
+    let groups = vec![
+        ParamGroup {
+            hyperparameters: Hyperparameters {
+                momentum: 0.9,
+                centered: true,
+                weight_decay: 1e-4,
+                ..d
+            },
+            params: vec![0, 2, 5],
+        },
+        ParamGroup {
+            hyperparameters: Hyperparameters {
+                lr: 3e-3,
+                alpha: 0.9,
+                eps: 1e-6,
+                ..d
+            },
+            params: vec![1, 3, 6],
+        },
+        ParamGroup {
+            hyperparameters: Hyperparameters {
+                lr: 0.05,
+                momentum: 0.5,
+                maximize: true,
+                ..d
+            },
+            params: vec![4, 7],
+        },
+    ];
+    (shapes, groups)
+}
+
+fn values(len: usize, seed: u64) -> Vec<f32> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        })
+        .collect()
+}
+
+fn run_steps(opt: &mut RmsProp<f32>, params: &mut [Vec<f32>], steps: std::ops::Range<u64>) {
+    let n = params.len();
+    for s in steps {
+        let grads: Vec<Option<Vec<f32>>> = (0..n)
+            .map(|i| {
+                if (s + i as u64) % 4 == 3 {
+                    None
+                } else {
+                    Some(values(params[i].len(), s * 100 + i as u64))
+                }
+            })
+            .collect();
+        let g: Vec<Option<&[f32]>> = grads.iter().map(|g| g.as_deref()).collect();
+        let mut p: Vec<&mut [f32]> = params.iter_mut().map(|p| &mut p[..]).collect();
+        opt.step(&mut p, &g).unwrap();
+    }
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// `(square_avg, grad_avg, momentum_buffer, step)` of the per-tensor reference.
+type PerTensor = (Vec<f32>, Vec<f32>, Vec<f32>, u64);
+
+/// Every multi-tensor dispatch (serial, parallel with many small tasks, pools of 1..4 threads)
+/// equals stepping each tensor alone with `Kernel::step`, bit for bit, including step counts.
+#[test]
+fn multi_tensor_step_equals_per_tensor_steps() {
+    let (shapes, groups) = model();
+    let n = shapes.len();
+    let params0: Vec<Vec<f32>> = shapes
+        .iter()
+        .enumerate()
+        .map(|(i, s)| values(s.iter().product(), 1000 + i as u64))
+        .collect();
+    // per-tensor reference with the plain kernel, serial
+    let mut want = params0.clone();
+    let mut state: Vec<PerTensor> = want
+        .iter()
+        .map(|p| {
+            (
+                vec![0.0; p.len()],
+                vec![0.0; p.len()],
+                vec![0.0; p.len()],
+                0,
+            )
+        })
+        .collect();
+    let kernel = Kernel::new().with_threading(Threading::Serial);
+    for s in 0..6u64 {
+        for i in 0..n {
+            if (s + i as u64) % 4 == 3 {
+                continue;
+            }
+            let hp = groups
+                .iter()
+                .find(|g| g.params.contains(&i))
+                .unwrap()
+                .hyperparameters;
+            let g = values(want[i].len(), s * 100 + i as u64);
+            let (v, ga, b, step) = &mut state[i];
+            let (c, m) = hp.uses_state();
+            let mut st = State::new(&mut v[..]);
+            if c {
+                st = st.with_grad_avg(&mut ga[..]);
+            }
+            if m {
+                st = st.with_momentum_buffer(&mut b[..]);
+            }
+            kernel.step(&hp, &mut want[i], &g, st).unwrap();
+            *step += 1;
+        }
+    }
+    for backend in Backend::available() {
+        for threads in [1, 2, 3, 4] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            for min_len in [128, 4096, rmsprop_simd::PARALLEL_MIN_LEN] {
+                let kernel = Kernel::new()
+                    .with_backend(backend)
+                    .with_parallel_min_len(min_len);
+                let mut opt = RmsProp::<f32>::with_groups(shapes.clone(), groups.clone())
+                    .unwrap()
+                    .with_kernel(kernel);
+                let mut got = params0.clone();
+                pool.install(|| run_steps(&mut opt, &mut got, 0..6));
+                for i in 0..n {
+                    let what = format!("{backend} threads {threads} min_len {min_len} tensor {i}");
+                    assert_eq!(bits(&got[i]), bits(&want[i]), "{what} params");
+                    let st = opt.state(i).unwrap();
+                    assert_eq!(bits(&st.square_avg), bits(&state[i].0), "{what} square_avg");
+                    let (c, m) = groups
+                        .iter()
+                        .find(|g| g.params.contains(&i))
+                        .unwrap()
+                        .hyperparameters
+                        .uses_state();
+                    assert_eq!(
+                        st.grad_avg.is_some(),
+                        c,
+                        "{what}: only the buffers the group uses"
+                    );
+                    assert_eq!(
+                        st.momentum_buffer.is_some(),
+                        m,
+                        "{what}: only the buffers the group uses"
+                    );
+                    if c {
+                        assert_eq!(
+                            bits(st.grad_avg.as_ref().unwrap()),
+                            bits(&state[i].1),
+                            "{what} grad_avg"
+                        );
+                    }
+                    if m {
+                        assert_eq!(
+                            bits(st.momentum_buffer.as_ref().unwrap()),
+                            bits(&state[i].2),
+                            "{what} momentum"
+                        );
+                    }
+                    assert_eq!(st.step, state[i].3, "{what} step");
+                }
+            }
+        }
+    }
+}
+
+/// save -> load -> continue equals never saved, bit for bit; the file round-trips itself.
+#[test]
+fn save_load_continue_equals_uninterrupted() {
+    let (shapes, groups) = model();
+    let params0: Vec<Vec<f32>> = shapes
+        .iter()
+        .enumerate()
+        .map(|(i, s)| values(s.iter().product(), 7 + i as u64))
+        .collect();
+    let mut straight = RmsProp::<f32>::with_groups(shapes.clone(), groups.clone()).unwrap();
+    let mut p_straight = params0.clone();
+    run_steps(&mut straight, &mut p_straight, 0..8);
+
+    let mut first = RmsProp::<f32>::with_groups(shapes.clone(), groups).unwrap();
+    let mut p = params0.clone();
+    run_steps(&mut first, &mut p, 0..4);
+    let file = first.save_state().unwrap();
+    // groups from the file's own metadata
+    let mut resumed = RmsProp::<f32>::from_state(shapes.clone(), &file, None).unwrap();
+    assert_eq!(resumed.param_groups(), first.param_groups());
+    // save(load(file)) holds the same tensors and metadata as file
+    let again = resumed.save_state().unwrap();
+    let (a, b) = (
+        SafeTensors::deserialize(&file).unwrap(),
+        SafeTensors::deserialize(&again).unwrap(),
+    );
+    let mut names = a.names();
+    names.sort();
+    let mut names_b = b.names();
+    names_b.sort();
+    assert_eq!(names, names_b);
+    for name in names {
+        let (x, y) = (a.tensor(name).unwrap(), b.tensor(name).unwrap());
+        assert_eq!(
+            (x.dtype(), x.shape(), x.data()),
+            (y.dtype(), y.shape(), y.data()),
+            "{name}"
+        );
+    }
+    let meta = |buf: &[u8]| {
+        SafeTensors::read_metadata(buf)
+            .unwrap()
+            .1
+            .metadata()
+            .clone()
+    };
+    assert_eq!(meta(&file), meta(&again));
+    run_steps(&mut resumed, &mut p, 4..8);
+    for i in 0..shapes.len() {
+        assert_eq!(bits(&p[i]), bits(&p_straight[i]), "tensor {i}");
+        assert_eq!(resumed.state(i), straight.state(i), "tensor {i} state");
+    }
+}
+
+#[test]
+fn state_is_lazy_and_untouched_without_gradient() {
+    let mut opt = RmsProp::<f64>::new(
+        vec![vec![3], vec![2]],
+        Hyperparameters {
+            momentum: 0.9,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let (mut a, mut b) = (vec![1.0; 3], vec![2.0; 2]);
+    assert!(opt.state(0).is_none() && opt.state(1).is_none());
+    opt.step(&mut [&mut a, &mut b], &[Some(&[0.5; 3]), None])
+        .unwrap();
+    assert_eq!(opt.state(0).unwrap().step, 1);
+    assert!(
+        opt.state(0).unwrap().grad_avg.is_none(),
+        "not centered: no grad_avg"
+    );
+    assert!(opt.state(1).is_none(), "no gradient yet: no state");
+    assert_eq!(b, vec![2.0; 2], "no gradient: parameter untouched");
+    // a group switched to centered later gets a zero grad_avg, as a fresh PyTorch state would
+    opt.hyperparameters_mut(0).unwrap().centered = true;
+    opt.step(&mut [&mut a, &mut b], &[Some(&[0.5; 3]), Some(&[0.1; 2])])
+        .unwrap();
+    assert!(opt.state(0).unwrap().grad_avg.is_some());
+    assert_eq!(
+        (opt.state(0).unwrap().step, opt.state(1).unwrap().step),
+        (2, 1)
+    );
+}
+
+/// A snapshot of everything an error must leave alone: state (values, step counts), groups and
+/// parameters. (Not the saved bytes: safetensors writes its metadata map in hash order.)
+type Snapshot = (
+    Vec<Option<rmsprop_simd::TensorState<f32>>>,
+    String,
+    Vec<Vec<u32>>,
+);
+fn snapshot(opt: &RmsProp<f32>, params: &[Vec<f32>]) -> Snapshot {
+    let state = (0..opt.len()).map(|i| opt.state(i).cloned()).collect();
+    (
+        state,
+        opt.param_groups_json(),
+        params.iter().map(|p| bits(p)).collect(),
+    )
+}
+
+#[test]
+fn step_errors_modify_nothing() {
+    let (shapes, groups) = model();
+    let mut opt = RmsProp::<f32>::with_groups(shapes.clone(), groups).unwrap();
+    let mut params: Vec<Vec<f32>> = shapes
+        .iter()
+        .map(|s| values(s.iter().product(), 3))
+        .collect();
+    run_steps(&mut opt, &mut params, 0..2);
+    let before = snapshot(&opt, &params);
+    let grads: Vec<Vec<f32>> = params.iter().map(|p| values(p.len(), 9)).collect();
+    let try_step = |opt: &mut RmsProp<f32>,
+                    params: &mut Vec<Vec<f32>>,
+                    drop_param: bool,
+                    bad_len: Option<usize>| {
+        let mut g: Vec<Option<&[f32]>> = grads.iter().map(|g| Some(&g[..])).collect();
+        if let Some(i) = bad_len {
+            g[i] = Some(&grads[i][1..]);
+        }
+        let mut p: Vec<&mut [f32]> = params.iter_mut().map(|p| &mut p[..]).collect();
+        if drop_param {
+            p.pop();
+        }
+        opt.step(&mut p, &g)
+    };
+    let e = try_step(&mut opt, &mut params, true, None).unwrap_err();
+    assert!(
+        matches!(e, OptimizerError::TensorCount { what: "params", .. }),
+        "{e}"
+    );
+    let e = try_step(&mut opt, &mut params, false, Some(6)).unwrap_err();
+    assert!(
+        matches!(&e, OptimizerError::ShapeChanged { tensor: 6, buffer, .. } if buffer == "grads"),
+        "{e}"
+    );
+    let mut wrong = params.clone();
+    wrong[2].push(0.0);
+    let e = try_step(&mut opt, &mut wrong, false, None).unwrap_err();
+    assert!(
+        matches!(&e, OptimizerError::ShapeChanged { tensor: 2, buffer, .. } if buffer == "params"),
+        "{e}"
+    );
+    assert_eq!(snapshot(&opt, &params), before);
+    let e = opt.step(&mut [], &[]).unwrap_err();
+    assert!(matches!(
+        e,
+        OptimizerError::TensorCount {
+            expected: 8,
+            actual: 0,
+            ..
+        }
+    ));
+    opt.hyperparameters_mut(1).unwrap().lr = f64::NAN;
+    let e = try_step(&mut opt, &mut params, false, None).unwrap_err();
+    assert!(
+        matches!(e, OptimizerError::InvalidHyperparameter { group: 1, .. }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("lr"), "{e}");
+    opt.hyperparameters_mut(1).unwrap().lr = 3e-3;
+    assert_eq!(snapshot(&opt, &params), before, "errors changed nothing");
+    assert!(opt.hyperparameters_mut(99).is_none());
+
+    // construction errors
+    let d = Hyperparameters::default();
+    let e = RmsProp::<f32>::with_groups(
+        vec![vec![2], vec![3]],
+        vec![ParamGroup {
+            hyperparameters: d,
+            params: vec![0],
+        }],
+    )
+    .unwrap_err();
+    assert!(matches!(e, OptimizerError::InvalidGroups(_)), "{e}");
+    let e = RmsProp::<f32>::with_groups(
+        vec![vec![2]],
+        vec![ParamGroup {
+            hyperparameters: d,
+            params: vec![0, 0],
+        }],
+    )
+    .unwrap_err();
+    assert!(matches!(e, OptimizerError::InvalidGroups(_)), "{e}");
+    let e = RmsProp::<f32>::with_groups(
+        vec![vec![2]],
+        vec![ParamGroup {
+            hyperparameters: d,
+            params: vec![1],
+        }],
+    )
+    .unwrap_err();
+    assert!(matches!(e, OptimizerError::InvalidGroups(_)), "{e}");
+    let e = RmsProp::<f32>::new(vec![vec![2]], Hyperparameters { lr: 1e300, ..d }).unwrap_err();
+    assert!(
+        matches!(e, OptimizerError::InvalidHyperparameter { group: 0, .. }),
+        "{e}"
+    );
+}
+
+/// One tensor of a hand-made state file: name, dtype, shape, little-endian bytes.
+type Entry = (&'static str, safetensors::Dtype, Vec<usize>, Vec<u8>);
+
+/// Builds a safetensors file from `(name, dtype, shape, bytes)`.
+fn file(
+    tensors: &[(&str, safetensors::Dtype, Vec<usize>, Vec<u8>)],
+    groups: Option<&str>,
+) -> Vec<u8> {
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .map(|(n, d, s, b)| {
+            (
+                n.to_string(),
+                safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    let meta = groups
+        .map(|g| std::collections::HashMap::from([("param_groups".to_string(), g.to_string())]));
+    safetensors::serialize(views, meta).unwrap()
+}
+
+#[test]
+fn bad_state_files_are_refused_and_change_nothing() {
+    use safetensors::Dtype::{F32, F64, I64};
+    let shapes = vec![vec![2, 2], vec![3]];
+    let groups = r#"[{"lr":0.01,"alpha":0.99,"eps":1e-8,"weight_decay":0.0,"momentum":0.9,"centered":false,"maximize":false,"params":[0,1]}]"#;
+    let le = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let good = vec![
+        ("state.0.square_avg", F32, vec![2, 2], le(&[1.0; 4])),
+        ("state.0.momentum_buffer", F32, vec![2, 2], le(&[0.5; 4])),
+        ("state.0.step", F32, vec![], le(&[3.0])),
+    ];
+    let mut opt =
+        RmsProp::<f32>::from_state(shapes.clone(), &file(&good, Some(groups)), None).unwrap();
+    assert_eq!(opt.state(0).unwrap().step, 3);
+    assert!(opt.state(1).is_none());
+    let mut params = vec![vec![1.0f32; 4], vec![1.0f32; 3]];
+    run_steps(&mut opt, &mut params, 0..1);
+    let before = snapshot(&opt, &params);
+
+    let with = |f: &dyn Fn(&mut Vec<Entry>)| {
+        let mut t = good.clone();
+        f(&mut t);
+        file(&t, Some(groups))
+    };
+    let valid = file(&good, Some(groups));
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "truncated",
+            valid[..valid.len() - 3].to_vec(),
+            "not a valid safetensors file",
+        ),
+        ("empty", vec![], "not a valid safetensors file"),
+        (
+            "corrupted header",
+            {
+                let mut v = valid.clone();
+                v[10] = b'{';
+                v[11] = b'}';
+                v
+            },
+            "",
+        ),
+        (
+            "wrong dtype",
+            with(&|t| t[0] = ("state.0.square_avg", F64, vec![2, 2], vec![0; 32])),
+            "dtype",
+        ),
+        (
+            "wrong shape",
+            with(&|t| t[0] = ("state.0.square_avg", F32, vec![4], le(&[1.0; 4]))),
+            "shape",
+        ),
+        (
+            "missing square_avg",
+            with(&|t| {
+                t.remove(0);
+            }),
+            "missing key `state.0.square_avg`",
+        ),
+        (
+            "missing momentum_buffer",
+            with(&|t| {
+                t.remove(1);
+            }),
+            "missing key `state.0.momentum_buffer`",
+        ),
+        (
+            "missing step",
+            with(&|t| {
+                t.remove(2);
+            }),
+            "missing key `state.0.step`",
+        ),
+        (
+            "unknown key",
+            with(&|t| t.push(("state.0.exp_avg", F32, vec![2, 2], le(&[0.0; 4])))),
+            "unknown key `state.0.exp_avg`",
+        ),
+        (
+            "unknown top-level key",
+            with(&|t| t.push(("optimizer.lr", F32, vec![], le(&[0.0])))),
+            "unknown key",
+        ),
+        (
+            "tensor out of range",
+            with(&|t| t.push(("state.7.step", F32, vec![], le(&[1.0])))),
+            "does not exist",
+        ),
+        (
+            "NaN step",
+            with(&|t| t[2] = ("state.0.step", F32, vec![], le(&[f32::NAN]))),
+            "not a non-negative integer",
+        ),
+        (
+            "fractional step",
+            with(&|t| t[2] = ("state.0.step", F32, vec![], le(&[1.5]))),
+            "not a non-negative integer",
+        ),
+        (
+            "integer-typed step",
+            with(&|t| t[2] = ("state.0.step", I64, vec![], vec![0; 8])),
+            "must be one F32",
+        ),
+    ];
+    for (what, bytes, needle) in cases {
+        let err = opt.load_state(&bytes, None).unwrap_err();
+        assert!(err.to_string().contains(needle), "{what}: {err}");
+        assert_eq!(
+            snapshot(&opt, &params),
+            before,
+            "{what}: the optimizer changed"
+        );
+    }
+    // bad param_groups JSON, with a valid file
+    for (what, json, needle) in [
+        ("not JSON", "{", "not valid JSON"),
+        (
+            "unknown group key",
+            r#"[{"lr":0.01,"alpha":0.99,"eps":1e-8,"weight_decay":0,"momentum":0.9,"centered":false,"maximize":false,"params":[0,1],"betas":[1]}]"#,
+            "unknown key `betas`",
+        ),
+        ("missing field", r#"[{"lr":0.01,"params":[0,1]}]"#, "alpha"),
+        (
+            "tensor in no group",
+            r#"[{"lr":0.01,"alpha":0.99,"eps":1e-8,"weight_decay":0,"momentum":0.9,"centered":false,"maximize":false,"params":[0]}]"#,
+            "in no group",
+        ),
+        (
+            "invalid lr",
+            r#"[{"lr":-1,"alpha":0.99,"eps":1e-8,"weight_decay":0,"momentum":0.9,"centered":false,"maximize":false,"params":[0,1]}]"#,
+            "lr",
+        ),
+    ] {
+        let err = opt.load_state(&valid, Some(json)).unwrap_err();
+        assert!(err.to_string().contains(needle), "{what}: {err}");
+        assert_eq!(
+            snapshot(&opt, &params),
+            before,
+            "{what}: the optimizer changed"
+        );
+    }
+    let err = opt.load_state(&file(&good, None), None).unwrap_err();
+    assert!(err.to_string().contains("no `param_groups`"), "{err}");
+    // an f64 optimizer refuses the f32 file
+    let err = RmsProp::<f64>::from_state(shapes, &valid, None).unwrap_err();
+    assert!(err.to_string().contains("dtype"), "{err}");
+}
+
+/// Complex tensors go through a zero-copy real view and step like PyTorch's `view_as_real`.
+#[cfg(feature = "num-complex")]
+#[test]
+fn complex_tensors_step_as_interleaved_reals() {
+    use num_complex::Complex;
+    use rmsprop_simd::complex::{view_as_real, view_as_real_mut};
+    let hp = Hyperparameters {
+        momentum: 0.9,
+        centered: true,
+        ..Default::default()
+    };
+    let mut z: Vec<Complex<f32>> = (0..37)
+        .map(|i| Complex::new(i as f32 * 0.1, -(i as f32) * 0.05))
+        .collect();
+    let gz: Vec<Complex<f32>> = (0..37)
+        .map(|i| Complex::new(0.3 - i as f32 * 0.01, 0.02 * i as f32))
+        .collect();
+    let mut reals: Vec<f32> = z.iter().flat_map(|c| [c.re, c.im]).collect();
+    let greals: Vec<f32> = gz.iter().flat_map(|c| [c.re, c.im]).collect();
+    let ptr = z.as_ptr() as *const f32;
+    assert_eq!(view_as_real_mut(&mut z).as_ptr(), ptr, "a view, not a copy");
+    let mut opt_c = RmsProp::<f32>::new(vec![vec![37, 2]], hp).unwrap();
+    let mut opt_r = RmsProp::<f32>::new(vec![vec![74]], hp).unwrap();
+    for _ in 0..3 {
+        opt_c
+            .step(&mut [view_as_real_mut(&mut z)], &[Some(view_as_real(&gz))])
+            .unwrap();
+        opt_r.step(&mut [&mut reals], &[Some(&greals)]).unwrap();
+    }
+    assert_eq!(bits(view_as_real(&z)), bits(&reals));
+}
