@@ -205,6 +205,11 @@ impl<T: Element> RmsProp<T> {
         self
     }
 
+    /// The kernel (backend, threading) the steps run on.
+    pub fn kernel(&self) -> Kernel {
+        self.kernel
+    }
+
     /// The number of tensors.
     pub fn len(&self) -> usize {
         self.shapes.len()
