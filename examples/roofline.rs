@@ -515,6 +515,7 @@ fn plot(rows: &[Row], path: &str) -> Result<(), Box<dyn std::error::Error>> {
     }
     chart
         .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()?;
@@ -583,6 +584,30 @@ fn main() {
                 );
             }
         }
+    }
+
+    // Where splitting starts to pay: serial vs the buffer forced into two parallel chunks.
+    println!("\nparallel threshold (f32 plain; serial vs forced 2-chunk split, Gelem/s):");
+    for len in [8_192usize, 16_384, 32_768, 65_536, 131_072, 262_144] {
+        let mut bufs = Buffers::<f32>::new(len, 2);
+        let hp = Hyperparameters::default();
+        let serial = Kernel::new().with_threading(Threading::Serial);
+        let split = Kernel::new()
+            .with_threading(Threading::Parallel)
+            .with_parallel_min_len(len);
+        let s = seconds_per_call(&mut bufs, Buffers::reset, |b| b.kernel_step(&serial, &hp));
+        let p = seconds_per_call(&mut bufs, Buffers::reset, |b| b.kernel_step(&split, &hp));
+        println!(
+            "  {len:>7}: serial {:.2}, split {:.2} ({:.2}x){}",
+            len as f64 / s / 1e9,
+            len as f64 / p / 1e9,
+            s / p,
+            if len >= rmsprop_simd::PARALLEL_MIN_LEN {
+                "  <- split by default"
+            } else {
+                ""
+            }
+        );
     }
 
     if let Some(dir) = std::path::Path::new(&svg).parent() {

@@ -154,9 +154,12 @@ pub enum Threading {
 }
 
 /// Buffers shorter than this are stepped on the calling thread under [`Threading::Parallel`];
-/// longer ones are split into chunks of at least half of it. Below it, the cost of waking a
-/// second thread (a few microseconds) exceeds the work saved (see `benches/step.rs`).
-pub const PARALLEL_MIN_LEN: usize = 1 << 16;
+/// longer ones are split into chunks of at least half of it. Below it, waking a second rayon
+/// thread (tens of microseconds on a busy VM) can cost more than it saves. On the 2-core Zen 4
+/// development VM, f32 plain, a buffer split in two ran at 0.5-1.15x of serial at 65536
+/// elements, 0.99-1.33x at 131072 and 1.23-1.44x at 262144 over several runs (the "parallel
+/// threshold" section of `cargo run --release --example roofline`), hence 262144.
+pub const PARALLEL_MIN_LEN: usize = 1 << 18;
 
 /// Parallel chunks start at multiples of this many elements: a whole number of vectors for every
 /// backend and of 64-byte cache lines for both element types.
