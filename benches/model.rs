@@ -11,25 +11,9 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use rmsprop_simd::{Hyperparameters, Kernel, RmsProp, State, Threading};
 use std::time::Duration;
 
-/// Shapes from a `name AxBxC` list.
-fn shapes(text: &str) -> Vec<Vec<usize>> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .map(|l| {
-            let shape = l.split_whitespace().nth(1).expect("name shape");
-            shape
-                .split('x')
-                .map(|d| d.parse().expect("dimension"))
-                .collect()
-        })
-        .collect()
-}
-
-fn fill(len: usize, seed: usize) -> Vec<f32> {
-    (0..len)
-        .map(|i| (((i * 7 + seed) % 1000) as f32 + 0.5) * 1e-4)
-        .collect()
-}
+#[path = "support/workloads.rs"]
+mod workloads;
+use workloads::{fill, shapes};
 
 fn bench_model(c: &mut Criterion, name: &str, list: &str) {
     let shapes = shapes(list);

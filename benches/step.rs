@@ -13,55 +13,14 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use rmsprop_simd::{Backend, Element, Hyperparameters, Kernel, State, Threading};
 use std::time::{Duration, Instant};
 
-struct Variant {
-    name: &'static str,
-    hp: Hyperparameters,
-}
+#[path = "support/workloads.rs"]
+mod workloads;
+use workloads::variants;
 
-fn variants() -> Vec<Variant> {
-    let d = Hyperparameters::default();
-    vec![
-        Variant {
-            name: "plain",
-            hp: d,
-        },
-        Variant {
-            name: "weight_decay",
-            hp: Hyperparameters {
-                weight_decay: 1e-2,
-                ..d
-            },
-        },
-        Variant {
-            name: "centered",
-            hp: Hyperparameters {
-                centered: true,
-                ..d
-            },
-        },
-        Variant {
-            name: "momentum",
-            hp: Hyperparameters { momentum: 0.9, ..d },
-        },
-        Variant {
-            name: "all",
-            hp: Hyperparameters {
-                weight_decay: 1e-2,
-                momentum: 0.9,
-                centered: true,
-                maximize: true,
-                ..d
-            },
-        },
-    ]
-}
-
-/// Arrays read and written per element: params r/w, grads r, square_avg r/w, + state.
+/// Minimal traffic per element: each array read once, each output written once.
 fn bytes_per_element<T>(hp: &Hyperparameters) -> u64 {
-    let (centered, momentum) = hp.uses_state();
-    let arrays_read = 3 + centered as u64 + momentum as u64;
-    let arrays_written = 2 + centered as u64 + momentum as u64;
-    (arrays_read + arrays_written) * std::mem::size_of::<T>() as u64
+    let (read, written) = workloads::traffic(hp);
+    ((read + written) * std::mem::size_of::<T>()) as u64
 }
 
 fn sizes() -> Vec<usize> {

@@ -10,24 +10,13 @@
 use rmsprop_simd::{Hyperparameters, Kernel, RmsProp, State, Threading};
 use std::time::Instant;
 
-fn lens(list: &str) -> Vec<usize> {
-    list.lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .map(|l| {
-            l.split_whitespace()
-                .nth(1)
-                .unwrap()
-                .split('x')
-                .map(|d| d.parse::<usize>().unwrap())
-                .product()
-        })
-        .collect()
-}
+#[path = "../benches/support/workloads.rs"]
+mod workloads;
+use workloads::{fill, shapes};
 
-fn fill(len: usize, seed: usize) -> Vec<f32> {
-    (0..len)
-        .map(|i| (((i * 7 + seed) % 1000) as f32 + 0.5) * 1e-4)
-        .collect()
+/// Element count of each tensor of a shape list.
+fn lens(list: &str) -> Vec<usize> {
+    shapes(list).iter().map(|s| s.iter().product()).collect()
 }
 
 fn main() {

@@ -58,55 +58,9 @@ fn seconds_per_call<D>(data: &mut D, reset: impl Fn(&mut D), mut f: impl FnMut(&
 
 // ---------------------------------------------------------------- workloads
 
-#[derive(Clone, Copy)]
-struct Variant {
-    name: &'static str,
-    hp: Hyperparameters,
-}
-
-fn variants() -> [Variant; 5] {
-    let d = Hyperparameters::default();
-    [
-        Variant {
-            name: "plain",
-            hp: d,
-        },
-        Variant {
-            name: "weight_decay",
-            hp: Hyperparameters {
-                weight_decay: 1e-2,
-                ..d
-            },
-        },
-        Variant {
-            name: "centered",
-            hp: Hyperparameters {
-                centered: true,
-                ..d
-            },
-        },
-        Variant {
-            name: "momentum",
-            hp: Hyperparameters { momentum: 0.9, ..d },
-        },
-        Variant {
-            name: "all",
-            hp: Hyperparameters {
-                weight_decay: 1e-2,
-                momentum: 0.9,
-                centered: true,
-                maximize: true,
-                ..d
-            },
-        },
-    ]
-}
-
-/// `(arrays read, arrays written)`: params, grads, square_avg (+ grad_avg, momentum_buffer).
-fn traffic(hp: &Hyperparameters) -> (usize, usize) {
-    let (c, m) = hp.uses_state();
-    (3 + c as usize + m as usize, 2 + c as usize + m as usize)
-}
+#[path = "../benches/support/workloads.rs"]
+mod workloads;
+use workloads::{traffic, variants};
 
 struct Buffers<T> {
     grads: Vec<T>,

@@ -1,0 +1,80 @@
+//! Workloads shared by the benches and the performance examples: the five variants, their
+//! minimal traffic, and the model shape lists.
+#![allow(dead_code)]
+
+use rmsprop_simd::Hyperparameters;
+
+/// A named set of hyperparameters.
+#[derive(Clone, Copy)]
+pub struct Variant {
+    pub name: &'static str,
+    pub hp: Hyperparameters,
+}
+
+/// plain, weight_decay, centered, momentum, and all of them (+ maximize).
+pub fn variants() -> [Variant; 5] {
+    let d = Hyperparameters::default();
+    let all = Hyperparameters {
+        weight_decay: 1e-2,
+        momentum: 0.9,
+        centered: true,
+        maximize: true,
+        ..d
+    };
+    [
+        Variant {
+            name: "plain",
+            hp: d,
+        },
+        Variant {
+            name: "weight_decay",
+            hp: Hyperparameters {
+                weight_decay: 1e-2,
+                ..d
+            },
+        },
+        Variant {
+            name: "centered",
+            hp: Hyperparameters {
+                centered: true,
+                ..d
+            },
+        },
+        Variant {
+            name: "momentum",
+            hp: Hyperparameters { momentum: 0.9, ..d },
+        },
+        Variant {
+            name: "all",
+            hp: all,
+        },
+    ]
+}
+
+/// `(arrays read, arrays written)` once each: params, grads, square_avg (+ grad_avg,
+/// momentum_buffer).
+pub fn traffic(hp: &Hyperparameters) -> (usize, usize) {
+    let (c, m) = hp.uses_state();
+    (3 + c as usize + m as usize, 2 + c as usize + m as usize)
+}
+
+/// Shapes from a `name AxBxC` list (`benches/models/*.txt`).
+pub fn shapes(list: &str) -> Vec<Vec<usize>> {
+    list.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let shape = l.split_whitespace().nth(1).expect("name shape");
+            shape
+                .split('x')
+                .map(|d| d.parse().expect("dimension"))
+                .collect()
+        })
+        .collect()
+}
+
+/// Deterministic f32 values in (0, 0.1), never exactly zero.
+pub fn fill(len: usize, seed: usize) -> Vec<f32> {
+    (0..len)
+        .map(|i| (((i * 7 + seed) % 1000) as f32 + 0.5) * 1e-4)
+        .collect()
+}
