@@ -30,6 +30,10 @@
 //!   rounded), and the step always runs on the calling thread.
 //! - `rayon` (default, implies `std`): large buffers are split across the caller's current rayon
 //!   pool (see [`Threading`]).
+//! - `safetensors` (default, implies `std`): [`RmsProp::save_state`] / [`RmsProp::load_state`],
+//!   the optimizer state under PyTorch's `state_dict` names. ([`RmsProp`] itself needs `std`.)
+//! - `num-complex`: `complex::view_as_real(_mut)`, for `Complex<f32>` / `Complex<f64>` tensors.
+//! - `capi`: the C ABI of `capi` (`include/rmsprop_simd.h`).
 #![cfg_attr(not(feature = "std"), no_std)]
 #![deny(missing_docs)]
 // Only the C ABI (`capi` feature) uses `unsafe`; it opts in with an `allow` of its own.
