@@ -325,7 +325,8 @@ pub fn step<T: Element>(
     Kernel::new().step(hp, params, grads, state)
 }
 
-/// The README's Rust examples, compiled and run as doctests so they cannot go stale.
-#[cfg(doctest)]
+/// The README's Rust examples, compiled and run as doctests so they cannot go stale (they use
+/// `RmsProp::save_state`, hence the `safetensors` feature).
+#[cfg(all(doctest, feature = "safetensors"))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
