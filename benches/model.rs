@@ -8,12 +8,14 @@
 //! ```
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use rmsprop_simd::{Hyperparameters, Kernel, RmsProp, State, Threading};
+use rmsprop_simd::{Hyperparameters, Kernel, Threading};
 use std::time::Duration;
 
+#[path = "support/model.rs"]
+mod model;
 #[path = "support/workloads.rs"]
 mod workloads;
-use workloads::{fill, shapes};
+use workloads::shapes;
 
 fn bench_model(c: &mut Criterion, name: &str, list: &str) {
     let shapes = shapes(list);
@@ -42,50 +44,17 @@ fn bench_model(c: &mut Criterion, name: &str, list: &str) {
         ] {
             let kernel = Kernel::new().with_threading(threading);
             // the model: one buffer per tensor
-            let mut params: Vec<Vec<f32>> =
-                lens.iter().enumerate().map(|(i, &n)| fill(n, i)).collect();
-            let grads: Vec<Vec<f32>> = lens
-                .iter()
-                .enumerate()
-                .map(|(i, &n)| fill(n, i + 500))
-                .collect();
-            let mut opt = RmsProp::<f32>::new(shapes.clone(), hp)
-                .unwrap()
-                .with_kernel(kernel);
+            let mut tensors = model::Tensors::new(&lens, hp, kernel);
             group.bench_function(
                 BenchmarkId::new(format!("{variant}/{threads_name}/tensors"), total),
-                |b| {
-                    b.iter(|| {
-                        let mut p: Vec<&mut [f32]> =
-                            params.iter_mut().map(|p| &mut p[..]).collect();
-                        let g: Vec<Option<&[f32]>> = grads.iter().map(|g| Some(&g[..])).collect();
-                        opt.step(&mut p, &g).unwrap();
-                    })
-                },
+                |b| b.iter(|| tensors.step()),
             );
-            drop((params, grads, opt));
+            drop(tensors);
             // the same number of elements in one buffer
-            let mut p = fill(total, 1);
-            let g = fill(total, 2);
-            let (mut v, mut ga, mut mb) = (
-                vec![0.0f32; total],
-                vec![0.0f32; total],
-                vec![0.0f32; total],
-            );
+            let mut contiguous = model::Contiguous::new(total, hp, kernel);
             group.bench_function(
                 BenchmarkId::new(format!("{variant}/{threads_name}/contiguous"), total),
-                |b| {
-                    b.iter(|| {
-                        let mut state = State::new(&mut v[..]);
-                        if hp.centered {
-                            state = state.with_grad_avg(&mut ga[..]);
-                        }
-                        if hp.momentum > 0.0 {
-                            state = state.with_momentum_buffer(&mut mb[..]);
-                        }
-                        kernel.step(&hp, &mut p, &g, state).unwrap();
-                    })
-                },
+                |b| b.iter(|| contiguous.step()),
             );
         }
     }

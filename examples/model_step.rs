@@ -7,12 +7,14 @@
 //! cargo run --release --example model_step
 //! ```
 
-use rmsprop_simd::{Hyperparameters, Kernel, RmsProp, State, Threading};
+use rmsprop_simd::{Hyperparameters, Kernel, Threading};
 use std::time::Instant;
 
+#[path = "../benches/support/model.rs"]
+mod model;
 #[path = "../benches/support/workloads.rs"]
 mod workloads;
-use workloads::{fill, shapes};
+use workloads::shapes;
 
 /// Element count of each tensor of a shape list.
 fn lens(list: &str) -> Vec<usize> {
@@ -47,43 +49,20 @@ fn main() {
         ] {
             for (threads, threading) in [("1", Threading::Serial), ("all", Threading::Parallel)] {
                 let kernel = Kernel::new().with_threading(threading);
-                let mut params: Vec<Vec<f32>> =
-                    lens.iter().enumerate().map(|(i, &n)| fill(n, i)).collect();
-                let grads: Vec<Vec<f32>> = lens
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &n)| fill(n, i + 500))
-                    .collect();
-                let shapes = lens.iter().map(|&n| vec![n]).collect();
-                let mut opt = RmsProp::<f32>::new(shapes, hp).unwrap().with_kernel(kernel);
-                let mut p = fill(total, 1);
-                let g = fill(total, 2);
-                let (mut v, mut ga, mut mb) = (
-                    vec![0.0f32; total],
-                    vec![0.0f32; total],
-                    vec![0.0f32; total],
-                );
+                let mut tensors = model::Tensors::new(&lens, hp, kernel);
+                let mut contiguous = model::Contiguous::new(total, hp, kernel);
                 let (mut best_tensors, mut best_contiguous) = (f64::INFINITY, f64::INFINITY);
                 for round in 0..=rounds {
                     let t = Instant::now();
-                    let mut pr: Vec<&mut [f32]> = params.iter_mut().map(|p| &mut p[..]).collect();
-                    let gr: Vec<Option<&[f32]>> = grads.iter().map(|g| Some(&g[..])).collect();
-                    opt.step(&mut pr, &gr).unwrap();
-                    let tensors = t.elapsed().as_secs_f64();
+                    tensors.step();
+                    let tensors_secs = t.elapsed().as_secs_f64();
                     let t = Instant::now();
-                    let mut state = State::new(&mut v[..]);
-                    if hp.centered {
-                        state = state.with_grad_avg(&mut ga[..]);
-                    }
-                    if hp.momentum > 0.0 {
-                        state = state.with_momentum_buffer(&mut mb[..]);
-                    }
-                    kernel.step(&hp, &mut p, &g, state).unwrap();
-                    let contiguous = t.elapsed().as_secs_f64();
+                    contiguous.step();
+                    let contiguous_secs = t.elapsed().as_secs_f64();
                     if round > 0 {
                         // round 0 warms up: first touch of the lazily allocated state
-                        best_tensors = best_tensors.min(tensors);
-                        best_contiguous = best_contiguous.min(contiguous);
+                        best_tensors = best_tensors.min(tensors_secs);
+                        best_contiguous = best_contiguous.min(contiguous_secs);
                     }
                 }
                 let (a, b) = (

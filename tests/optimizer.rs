@@ -478,33 +478,22 @@ fn step_errors_modify_nothing() {
 
     // construction errors
     let d = Hyperparameters::default();
-    let e = RmsProp::<f32>::with_groups(
-        vec![vec![2], vec![3]],
-        vec![ParamGroup {
+    // a tensor in no group, a tensor twice, an index out of range
+    for (shapes, params) in [
+        (vec![vec![2], vec![3]], vec![0]),
+        (vec![vec![2]], vec![0, 0]),
+        (vec![vec![2]], vec![1]),
+    ] {
+        let groups = vec![ParamGroup {
             hyperparameters: d,
-            params: vec![0],
-        }],
-    )
-    .unwrap_err();
-    assert!(matches!(e, OptimizerError::InvalidGroups(_)), "{e}");
-    let e = RmsProp::<f32>::with_groups(
-        vec![vec![2]],
-        vec![ParamGroup {
-            hyperparameters: d,
-            params: vec![0, 0],
-        }],
-    )
-    .unwrap_err();
-    assert!(matches!(e, OptimizerError::InvalidGroups(_)), "{e}");
-    let e = RmsProp::<f32>::with_groups(
-        vec![vec![2]],
-        vec![ParamGroup {
-            hyperparameters: d,
-            params: vec![1],
-        }],
-    )
-    .unwrap_err();
-    assert!(matches!(e, OptimizerError::InvalidGroups(_)), "{e}");
+            params: params.clone(),
+        }];
+        let e = RmsProp::<f32>::with_groups(shapes, groups).unwrap_err();
+        assert!(
+            matches!(e, OptimizerError::InvalidGroups(_)),
+            "{params:?}: {e}"
+        );
+    }
     let e = RmsProp::<f32>::new(vec![vec![2]], Hyperparameters { lr: 1e300, ..d }).unwrap_err();
     assert!(
         matches!(e, OptimizerError::InvalidHyperparameter { group: 0, .. }),
