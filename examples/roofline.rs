@@ -4,10 +4,11 @@
 //! - the kernel (auto-dispatched backend, as users get it),
 //! - the memory bandwidth of the same access pattern (the same arrays read, the same arrays
 //!   written in place, one fma per element: no sqrt/div), and
-//! - once per element type, the in-cache divider-bound ceiling: `a / (sqrt(b) + eps)` over
-//!   L1-resident arrays (one sqrt and one div per element, like the kernel), per core;
+//! - beside each row, the in-cache divider-bound ceiling: `a / (sqrt(b) + eps)` over L1-resident
+//!   arrays (one sqrt and one div per element, like the kernel), per core,
 //!
-//! and prints the kernel as a percentage of the roofline `min(bandwidth, divider ceiling x
+//! all on the kernel's own instruction set and timed in interleaved rounds, so that the kernel
+//! and its limits see the same conditions on a shared machine. It prints the kernel as a percentage of the roofline `min(bandwidth, divider ceiling x
 //! threads)`. It also times a multi-pass baseline shaped like `torch.optim.RMSprop`'s foreach path
 //! (one pass per tensor op, with a freshly allocated temporary, as PyTorch allocates `avg`), and
 //! writes an SVG plot of throughput against size.
@@ -20,40 +21,69 @@
 
 use plotters::prelude::*;
 use pulp::{Simd, WithSimd};
-use rmsprop_simd::{Element, Hyperparameters, Kernel, State, Threading};
+use rmsprop_simd::{BackendKind, Element, Hyperparameters, Kernel, State, Threading};
 use std::time::{Duration, Instant};
 
 // ---------------------------------------------------------------- timing
 
-/// Seconds per call of `f`: the best of several batches of at most 256 calls, each batch
-/// preceded (untimed) by `reset`. The best batch is the one least disturbed by the other tenants
-/// of a shared machine. Resetting matters: thousands of steps on the same gradients drive some
-/// values into the subnormal range, which is 2x slower on x86 and not what a training step sees.
-fn seconds_per_call<D>(data: &mut D, reset: impl Fn(&mut D), mut f: impl FnMut(&mut D)) -> f64 {
-    reset(data);
-    f(data); // warm up: page faults, caches, thread pool
-    let mut reps = 1usize;
-    loop {
+/// Timed rounds per measurement: more rounds, more chances of a quiet moment on a shared VM.
+const ROUNDS: usize = 15;
+
+/// Seconds per call of each of `fs` on `data`: the best of several rounds, where a round times
+/// one batch of each function in turn (each batch preceded, untimed, by `reset`). Interleaving
+/// puts the kernel and the probe it is compared with under the same conditions on a shared
+/// machine; the best batch is the one least disturbed by the other tenants. Resetting matters:
+/// thousands of steps on the same gradients drive some values into the subnormal range, which is
+/// 2x slower on x86 and not what a training step sees.
+fn seconds_per_call_each<D, const N: usize>(
+    data: &mut D,
+    reset: impl Fn(&mut D),
+    fs: [&dyn Fn(&mut D); N],
+) -> [f64; N] {
+    // batch sizes: enough calls for 5 ms, at most 256
+    let reps = fs.map(|f| {
         reset(data);
-        let t = Instant::now();
-        for _ in 0..reps {
-            f(data);
+        f(data); // warm up: page faults, caches, thread pool
+        let mut reps = 1usize;
+        loop {
+            reset(data);
+            let t = Instant::now();
+            for _ in 0..reps {
+                f(data);
+            }
+            if t.elapsed() >= Duration::from_millis(5) || reps >= 256 {
+                return reps;
+            }
+            reps *= 2;
         }
-        if t.elapsed() >= Duration::from_millis(5) || reps >= 256 {
-            break;
+    });
+    let mut best = [f64::INFINITY; N];
+    for _ in 0..ROUNDS {
+        for i in 0..N {
+            reset(data);
+            let t = Instant::now();
+            for _ in 0..reps[i] {
+                fs[i](data);
+            }
+            best[i] = best[i].min(t.elapsed().as_secs_f64() / reps[i] as f64);
         }
-        reps *= 2;
-    }
-    let mut best = f64::INFINITY;
-    for _ in 0..9 {
-        reset(data);
-        let t = Instant::now();
-        for _ in 0..reps {
-            f(data);
-        }
-        best = best.min(t.elapsed().as_secs_f64() / reps as f64);
     }
     best
+}
+
+/// Runs a pulp operation on the instruction set of `backend`, so the probes use the vectors the
+/// kernel uses (on Zen 4, AVX-512 division is slower per element than AVX2's: a probe on
+/// `pulp::Arch`'s first choice would understate the kernel's ceiling).
+fn on_backend<Op: WithSimd>(backend: BackendKind, op: Op) -> Op::Output {
+    match backend {
+        #[cfg(target_arch = "x86_64")]
+        BackendKind::Avx2Fma => Simd::vectorize(pulp::x86::V3::try_new().expect("AVX2+FMA"), op),
+        #[cfg(target_arch = "x86_64")]
+        BackendKind::Avx512 => Simd::vectorize(pulp::x86::V4::try_new().expect("AVX-512"), op),
+        #[cfg(target_arch = "aarch64")]
+        BackendKind::Neon => Simd::vectorize(pulp::aarch64::Neon::try_new().expect("NEON"), op),
+        _ => Simd::vectorize(pulp::Scalar::new(), op),
+    }
 }
 
 // ---------------------------------------------------------------- workloads
@@ -71,16 +101,18 @@ struct Buffers<T> {
 }
 
 impl<T: Element> Buffers<T> {
+    /// Deterministic values in (5e-5, 0.1), never exactly zero: a gradient that stays 0 decays
+    /// its square_avg into subnormals.
+    fn fill(len: usize, seed: usize) -> Vec<T> {
+        (0..len)
+            .map(|i| T::from_f64((((i * 7 + seed) % 1000) as f64 + 0.5) * 1e-4))
+            .collect()
+    }
+
     fn new(len: usize, written: usize) -> Self {
-        // never exactly zero: a gradient that stays 0 decays its square_avg into subnormals
-        let fill = |k: usize| {
-            (0..len)
-                .map(|i| T::from_f64((((i * 7 + k) % 1000) as f64 + 0.5) * 1e-4))
-                .collect::<Vec<T>>()
-        };
-        let in_place: Vec<Vec<T>> = (0..written).map(fill).collect();
+        let in_place: Vec<Vec<T>> = (0..written).map(|k| Self::fill(len, k)).collect();
         Buffers {
-            grads: fill(99),
+            grads: Self::fill(len, 99),
             pristine: in_place.clone(),
             in_place,
         }
@@ -241,54 +273,80 @@ pulp_float!(
     as_mut_simd_f64s
 );
 
-fn bandwidth_probe<T: Element + PulpFloat>(bufs: &mut Buffers<T>, threads: usize) -> f64 {
+/// One pass of the bandwidth probe over `bufs` on `backend`: on the calling thread when
+/// `threads == 1`, else split into `threads` equal contiguous parts on the current rayon pool.
+fn bandwidth_probe<T: Element + PulpFloat>(
+    backend: BackendKind,
+    bufs: &mut Buffers<T>,
+    threads: usize,
+) {
     let len = bufs.grads.len();
-    let arch = pulp::Arch::new();
-    seconds_per_call(bufs, Buffers::reset, |bufs| {
-        let Buffers {
-            grads, in_place, ..
-        } = bufs;
-        if threads == 1 {
-            let arrays = in_place.iter_mut().map(|v| &mut v[..]).collect();
-            return arch.dispatch(Stream {
+    let Buffers {
+        grads, in_place, ..
+    } = bufs;
+    if threads == 1 {
+        let arrays = in_place.iter_mut().map(|v| &mut v[..]).collect();
+        return on_backend(
+            backend,
+            Stream {
                 grads,
                 in_place: arrays,
-            });
+            },
+        );
+    }
+    let part = len.div_ceil(threads).next_multiple_of(64);
+    let mut per_thread: Vec<Vec<&mut [T]>> = (0..threads).map(|_| Vec::new()).collect();
+    for v in in_place.iter_mut() {
+        for (t, chunk) in v.chunks_mut(part).enumerate() {
+            per_thread[t].push(chunk);
         }
-        // `threads` equal contiguous parts, one per worker, on the current rayon pool.
-        let part = len.div_ceil(threads).next_multiple_of(64);
-        let mut per_thread: Vec<Vec<&mut [T]>> = (0..threads).map(|_| Vec::new()).collect();
-        for v in in_place.iter_mut() {
-            for (t, chunk) in v.chunks_mut(part).enumerate() {
-                per_thread[t].push(chunk);
-            }
-        }
-        rayon::scope(|s| {
-            for (arrays, g) in per_thread.into_iter().zip(grads.chunks(part)) {
-                s.spawn(move |_| {
-                    arch.dispatch(Stream {
+    }
+    rayon::scope(|s| {
+        for (arrays, g) in per_thread.into_iter().zip(grads.chunks(part)) {
+            s.spawn(move |_| {
+                on_backend(
+                    backend,
+                    Stream {
                         grads: g,
                         in_place: arrays,
-                    })
-                });
-            }
-        });
-    })
+                    },
+                )
+            });
+        }
+    });
 }
 
-/// Elements per second per core of `a / (sqrt(b) + eps)` on L1-resident arrays.
-fn divider_ceiling<T: Element + PulpFloat>() -> f64 {
-    let n = 2048;
-    let a: Vec<T> = (0..n).map(|i| T::from_f64(1.0 + i as f64)).collect();
-    let b: Vec<T> = (0..n).map(|i| T::from_f64(2.0 + i as f64)).collect();
-    let mut out = vec![T::from_f64(0.0); n];
-    let arch = pulp::Arch::new();
-    let secs = seconds_per_call(
-        &mut out,
-        |_| (),
-        |out| arch.dispatch(Divider { a: &a, b: &b, out }),
-    );
-    n as f64 / secs
+/// The divider probe's data: `a / (sqrt(b) + eps)` over L1-resident arrays of `DIVIDER_LEN`.
+struct DividerData<T> {
+    a: Vec<T>,
+    b: Vec<T>,
+    out: std::sync::Mutex<Vec<T>>,
+}
+
+const DIVIDER_LEN: usize = 2048;
+
+impl<T: Element + PulpFloat> DividerData<T> {
+    fn new() -> Self {
+        DividerData {
+            // the kernel's operands: gradients and square averages in (5e-5, 0.1)
+            a: Buffers::<T>::fill(DIVIDER_LEN, 99),
+            b: Buffers::<T>::fill(DIVIDER_LEN, 1),
+            out: std::sync::Mutex::new(vec![T::from_f64(0.0); DIVIDER_LEN]),
+        }
+    }
+
+    /// One pass of the divider probe on `backend`, on the calling thread.
+    fn run(&self, backend: BackendKind) {
+        let out = &mut self.out.lock().unwrap()[..];
+        on_backend(
+            backend,
+            Divider {
+                a: &self.a,
+                b: &self.b,
+                out,
+            },
+        )
+    }
 }
 
 #[path = "../benches/support/multipass.rs"]
@@ -325,12 +383,14 @@ fn measure<T: Element + PulpFloat>(
     rows: &mut Vec<Row>,
     baseline: &mut Vec<(String, usize, f64, f64)>,
 ) {
-    let divider = divider_ceiling::<T>();
+    let backend = Kernel::new().backend().kind();
+    let divider_data = DividerData::<T>::new();
+    let mut dividers = Vec::new();
     let size = std::mem::size_of::<T>();
     println!(
-        "\n{}: divider-bound ceiling (sqrt + div per element, in L1) {:.2} Gelem/s per core",
-        T::NAME,
-        divider / 1e9
+        "\n{}: the divider-bound ceiling (one sqrt + one div per element, L1-resident, per core x \
+         threads) is measured beside each row",
+        T::NAME
     );
     println!(
         "{:<4} {:<13} {:>10} {:>3} | {:>9} {:>9} {:>6} | {:>9} {:>6} | {:>6}",
@@ -361,12 +421,34 @@ fn measure<T: Element + PulpFloat>(
                     Threading::Parallel
                 };
                 let kernel = Kernel::new().with_threading(threading);
-                let (k_secs, bw_secs) = pool.install(|| {
-                    let k = seconds_per_call(&mut bufs, Buffers::reset, |b| {
-                        b.kernel_step(&kernel, &variant.hp)
-                    });
-                    (k, bandwidth_probe(&mut bufs, threads))
+                let step = |b: &mut Buffers<T>| b.kernel_step(&kernel, &variant.hp);
+                let probe_1 = |b: &mut Buffers<T>| bandwidth_probe(backend, b, 1);
+                let probe_n = |b: &mut Buffers<T>| bandwidth_probe(backend, b, threads);
+                let divider = |_: &mut Buffers<T>| divider_data.run(backend);
+                // The bandwidth limit for `threads` threads is the better of the probe on one
+                // thread and split over all of them: the kernel may do either.
+                // The divider probe runs in the same rounds: a busy SMT sibling on this shared VM
+                // slows the kernel in cache and the divider alike.
+                let (k_secs, bw_secs, div_secs) = pool.install(|| {
+                    if threads == 1 {
+                        let [k, bw, div] = seconds_per_call_each(
+                            &mut bufs,
+                            Buffers::reset,
+                            [&step, &probe_1, &divider],
+                        );
+                        (k, bw, div)
+                    } else {
+                        let [k, bw_1, bw_n, div] = seconds_per_call_each(
+                            &mut bufs,
+                            Buffers::reset,
+                            [&step, &probe_1, &probe_n, &divider],
+                        );
+                        (k, bw_1.min(bw_n), div)
+                    }
                 });
+                let divider_per_core = DIVIDER_LEN as f64 / div_secs;
+                dividers.push(divider_per_core);
+                let serial_by_design = threads > 1 && len < kernel.parallel_min_len();
                 let row = Row {
                     dtype: T::NAME,
                     variant: variant.name,
@@ -374,10 +456,10 @@ fn measure<T: Element + PulpFloat>(
                     threads,
                     kernel_gbs: len as f64 * bytes / k_secs / 1e9,
                     bandwidth_gbs: len as f64 * bytes / bw_secs / 1e9,
-                    divider_gbs: divider * threads as f64 * bytes / 1e9,
+                    divider_gbs: divider_per_core * threads as f64 * bytes / 1e9,
                 };
                 println!(
-                    "{:<4} {:<13} {:>10} {:>3} | {:>9.1} {:>9.1} {:>5.0}% | {:>9.1} {:>5.0}% | {:>5.0}%",
+                    "{:<4} {:<13} {:>10} {:>3} | {:>9.1} {:>9.1} {:>5.0}% | {:>9.1} {:>5.0}% | {:>5.0}%{}",
                     row.dtype,
                     row.variant,
                     len,
@@ -387,23 +469,31 @@ fn measure<T: Element + PulpFloat>(
                     100.0 * row.kernel_gbs / row.bandwidth_gbs,
                     row.divider_gbs,
                     100.0 * row.kernel_gbs / row.divider_gbs,
-                    100.0 * row.kernel_gbs / row.roofline()
+                    100.0 * row.kernel_gbs / row.roofline(),
+                    if serial_by_design {
+                        "  (1 thread by design: below PARALLEL_MIN_LEN)"
+                    } else {
+                        ""
+                    }
                 );
                 if variant.name == "plain" && threads == 1 && len >= 100_000 {
-                    let mp = seconds_per_call(&mut bufs, Buffers::reset, |b| {
-                        multi_pass_plain(&variant.hp, b)
-                    });
-                    baseline.push((
-                        T::NAME.to_string(),
-                        len,
-                        len as f64 / k_secs,
-                        len as f64 / mp,
-                    ));
+                    let multi_pass = |b: &mut Buffers<T>| multi_pass_plain(&variant.hp, b);
+                    let [k, mp] =
+                        seconds_per_call_each(&mut bufs, Buffers::reset, [&step, &multi_pass]);
+                    baseline.push((T::NAME.to_string(), len, len as f64 / k, len as f64 / mp));
                 }
                 rows.push(row);
             }
         }
     }
+    dividers.sort_by(f64::total_cmp);
+    println!(
+        "{} divider-bound ceiling over these rows: min {:.2}, median {:.2}, max {:.2} Gelem/s per core",
+        T::NAME,
+        dividers[0] / 1e9,
+        dividers[dividers.len() / 2] / 1e9,
+        dividers[dividers.len() - 1] / 1e9
+    );
 }
 
 fn plot(rows: &[Row], path: &str) -> Result<(), Box<dyn std::error::Error>> {
@@ -549,8 +639,13 @@ fn main() {
         let split = Kernel::new()
             .with_threading(Threading::Parallel)
             .with_parallel_min_len(len);
-        let s = seconds_per_call(&mut bufs, Buffers::reset, |b| b.kernel_step(&serial, &hp));
-        let p = seconds_per_call(&mut bufs, Buffers::reset, |b| b.kernel_step(&split, &hp));
+        let [s, p] = seconds_per_call_each(
+            &mut bufs,
+            Buffers::reset,
+            [&|b| b.kernel_step(&serial, &hp), &|b| {
+                b.kernel_step(&split, &hp)
+            }],
+        );
         println!(
             "  {len:>7}: serial {:.2}, split {:.2} ({:.2}x){}",
             len as f64 / s / 1e9,
