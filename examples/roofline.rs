@@ -525,8 +525,20 @@ fn plot(rows: &[Row], path: &str) -> Result<(), Box<dyn std::error::Error>> {
     chart
         .configure_mesh()
         .x_desc("elements per buffer")
+        .x_label_formatter(&|x| format!("{x:.0e}"))
         .y_desc("GB/s (20 bytes per element)")
         .draw()?;
+    // Where Threading::Parallel starts splitting: below it every thread count runs on one thread.
+    let threshold = rmsprop_simd::PARALLEL_MIN_LEN as f64;
+    chart
+        .draw_series(DashedLineSeries::new(
+            [(threshold, 0.0), (threshold, ymax)],
+            3,
+            3,
+            BLACK.mix(0.5).stroke_width(1),
+        ))?
+        .label("PARALLEL_MIN_LEN: split into chunks from here on")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.5)));
     let threads: Vec<usize> = {
         let mut t: Vec<usize> = rows.iter().map(|r| r.threads).collect();
         t.sort();
@@ -545,13 +557,13 @@ fn plot(rows: &[Row], path: &str) -> Result<(), Box<dyn std::error::Error>> {
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3))
             });
+        // A multi-thread roofline only where the kernel uses several threads.
+        let roofline = series
+            .iter()
+            .filter(|(_, r)| t == 1 || r.len >= rmsprop_simd::PARALLEL_MIN_LEN)
+            .map(|(x, r)| (*x, r.roofline()));
         chart
-            .draw_series(DashedLineSeries::new(
-                series.iter().map(|(x, r)| (*x, r.roofline())),
-                6,
-                4,
-                color.stroke_width(1),
-            ))?
+            .draw_series(DashedLineSeries::new(roofline, 6, 4, color.stroke_width(1)))?
             .label(format!("roofline min(bandwidth, divider), {t} thread(s)"))
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(1))
