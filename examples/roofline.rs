@@ -8,10 +8,11 @@
 //!   arrays (one sqrt and one div per element, like the kernel), per core,
 //!
 //! all on the kernel's own instruction set and timed in interleaved rounds, so that the kernel
-//! and its limits see the same conditions on a shared machine. It prints the kernel as a percentage of the roofline `min(bandwidth, divider ceiling x
-//! threads)`. It also times a multi-pass baseline shaped like `torch.optim.RMSprop`'s foreach path
-//! (one pass per tensor op, with a freshly allocated temporary, as PyTorch allocates `avg`), and
-//! writes an SVG plot of throughput against size.
+//! and its limits see the same conditions on a shared machine. It prints the kernel as a
+//! percentage of the roofline `min(bandwidth, divider ceiling x threads)`. It also times a
+//! multi-pass baseline shaped like `torch.optim.RMSprop`'s foreach path (one pass per tensor op,
+//! with a freshly allocated temporary, as PyTorch allocates `avg`), and writes an SVG plot of
+//! throughput against size.
 //!
 //! ```text
 //! cargo run --release --example roofline                   # full table, writes docs/roofline.svg
@@ -90,7 +91,7 @@ fn on_backend<Op: WithSimd>(backend: BackendKind, op: Op) -> Op::Output {
 
 #[path = "../benches/support/workloads.rs"]
 mod workloads;
-use workloads::{traffic, variants};
+use workloads::{fill, traffic, variants};
 
 struct Buffers<T> {
     grads: Vec<T>,
@@ -101,18 +102,10 @@ struct Buffers<T> {
 }
 
 impl<T: Element> Buffers<T> {
-    /// Deterministic values in (5e-5, 0.1), never exactly zero: a gradient that stays 0 decays
-    /// its square_avg into subnormals.
-    fn fill(len: usize, seed: usize) -> Vec<T> {
-        (0..len)
-            .map(|i| T::from_f64((((i * 7 + seed) % 1000) as f64 + 0.5) * 1e-4))
-            .collect()
-    }
-
     fn new(len: usize, written: usize) -> Self {
-        let in_place: Vec<Vec<T>> = (0..written).map(|k| Self::fill(len, k)).collect();
+        let in_place: Vec<Vec<T>> = (0..written).map(|k| fill(len, k)).collect();
         Buffers {
-            grads: Self::fill(len, 99),
+            grads: fill(len, 99),
             pristine: in_place.clone(),
             in_place,
         }
@@ -329,8 +322,8 @@ impl<T: Element + PulpFloat> DividerData<T> {
     fn new() -> Self {
         DividerData {
             // the kernel's operands: gradients and square averages in (5e-5, 0.1)
-            a: Buffers::<T>::fill(DIVIDER_LEN, 99),
-            b: Buffers::<T>::fill(DIVIDER_LEN, 1),
+            a: fill(DIVIDER_LEN, 99),
+            b: fill(DIVIDER_LEN, 1),
             out: std::sync::Mutex::new(vec![T::from_f64(0.0); DIVIDER_LEN]),
         }
     }

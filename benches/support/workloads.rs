@@ -2,7 +2,7 @@
 //! minimal traffic, and the model shape lists.
 #![allow(dead_code)]
 
-use rmsprop_simd::Hyperparameters;
+use rmsprop_simd::{Element, Hyperparameters};
 
 /// A named set of hyperparameters.
 #[derive(Clone, Copy)]
@@ -72,9 +72,10 @@ pub fn shapes(list: &str) -> Vec<Vec<usize>> {
         .collect()
 }
 
-/// Deterministic f32 values in (0, 0.1), never exactly zero.
-pub fn fill(len: usize, seed: usize) -> Vec<f32> {
+/// Deterministic values in (5e-5, 0.1), never exactly zero (a gradient that stays 0 decays its
+/// square_avg into subnormals), computed in f64 and rounded once to `T`.
+pub fn fill<T: Element>(len: usize, seed: usize) -> Vec<T> {
     (0..len)
-        .map(|i| (((i * 7 + seed) % 1000) as f32 + 0.5) * 1e-4)
+        .map(|i| T::from_f64((((i * 7 + seed) % 1000) as f64 + 0.5) * 1e-4))
         .collect()
 }
