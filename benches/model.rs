@@ -1,5 +1,5 @@
 //! A whole model's step through `RmsProp` (every tensor of the ResNet-50 and GPT-2 small shape
-//! lists in `benches/models/`) against one contiguous buffer of the same total size, serial and
+//! lists in `support/models/`) against one contiguous buffer of the same total size, serial and
 //! parallel, f32, plain and momentum+centered. The goal: the model step within 10% of the
 //! contiguous one.
 //!
@@ -11,11 +11,8 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use rmsprop_simd::{Hyperparameters, Kernel, Threading};
 use std::time::Duration;
 
-#[path = "support/model.rs"]
-mod model;
-#[path = "support/workloads.rs"]
-mod workloads;
-use workloads::shapes;
+use rmsprop_simd_support::model;
+use rmsprop_simd_support::workloads::shapes;
 
 fn bench_model(c: &mut Criterion, name: &str, list: &str) {
     let shapes = shapes(list);
@@ -62,8 +59,8 @@ fn bench_model(c: &mut Criterion, name: &str, list: &str) {
 }
 
 fn benches(c: &mut Criterion) {
-    bench_model(c, "resnet50", include_str!("models/resnet50.txt"));
-    bench_model(c, "gpt2-small", include_str!("models/gpt2-small.txt"));
+    bench_model(c, "resnet50", rmsprop_simd_support::models::RESNET50);
+    bench_model(c, "gpt2-small", rmsprop_simd_support::models::GPT2_SMALL);
 }
 
 criterion_group!(model, benches);

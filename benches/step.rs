@@ -13,9 +13,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use rmsprop_simd::{Backend, Element, Hyperparameters, Kernel, State, Threading};
 use std::time::{Duration, Instant};
 
-#[path = "support/workloads.rs"]
-mod workloads;
-use workloads::variants;
+use rmsprop_simd_support::workloads::{self, variants};
 
 /// Minimal traffic per element: each array read once, each output written once.
 fn bytes_per_element<T>(hp: &Hyperparameters) -> u64 {
@@ -94,9 +92,6 @@ impl<T: Element> Data<T> {
     }
 }
 
-#[path = "support/multipass.rs"]
-mod multipass;
-
 /// Criterion's `iter_custom` body: `iters` calls of `f`, restoring the data (untimed) every 256
 /// calls. Thousands of steps on the same gradients drift some values into the subnormal range,
 /// which is 2x slower on x86 and not what a training step sees.
@@ -156,7 +151,7 @@ fn bench_type<T: Element>(c: &mut Criterion) {
                 group.bench_function(BenchmarkId::new("multi-pass/serial", len), |b| {
                     b.iter_custom(|iters| {
                         timed(&mut data, iters, |d| {
-                            multipass::multi_pass_plain(
+                            rmsprop_simd_support::multipass::multi_pass_plain(
                                 &variant.hp,
                                 &mut d.params,
                                 &d.grads,

@@ -6,11 +6,8 @@
 //! ```
 //! Exits 1 if any case fails, 2 if the directory is malformed or the arguments are wrong.
 
-#[path = "../tests/support/golden.rs"]
-mod golden;
-
-use golden::{run_case_any, GoldenSet};
 use rmsprop_simd::{Backend, BackendKind, Kernel, Threading};
+use rmsprop_simd_support::golden::{self, run_case_any, GoldenSet};
 use std::process::ExitCode;
 
 fn usage(message: &str) -> ExitCode {

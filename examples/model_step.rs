@@ -1,5 +1,5 @@
 //! One optimizer step over a whole model (the ResNet-50 and GPT-2 small shape lists of
-//! `benches/models/`) through `RmsProp`, against one contiguous buffer of the same total size,
+//! `support/models/`) through `RmsProp`, against one contiguous buffer of the same total size,
 //! measured alternately (tensors, contiguous, tensors, ...) so that the noise of a shared machine
 //! hits both alike; prints the best of each and their ratio.
 //!
@@ -10,11 +10,8 @@
 use rmsprop_simd::{Hyperparameters, Kernel, Threading};
 use std::time::Instant;
 
-#[path = "../benches/support/model.rs"]
-mod model;
-#[path = "../benches/support/workloads.rs"]
-mod workloads;
-use workloads::shapes;
+use rmsprop_simd_support::model;
+use rmsprop_simd_support::workloads::shapes;
 
 /// Element count of each tensor of a shape list.
 fn lens(list: &str) -> Vec<usize> {
@@ -28,11 +25,8 @@ fn main() {
         "model      variant            threads | tensors Gelem/s | contiguous Gelem/s | ratio"
     );
     for (model, list) in [
-        ("resnet50", include_str!("../benches/models/resnet50.txt")),
-        (
-            "gpt2-small",
-            include_str!("../benches/models/gpt2-small.txt"),
-        ),
+        ("resnet50", rmsprop_simd_support::models::RESNET50),
+        ("gpt2-small", rmsprop_simd_support::models::GPT2_SMALL),
     ] {
         let lens = lens(list);
         let total: usize = lens.iter().sum();

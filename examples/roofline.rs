@@ -89,9 +89,7 @@ fn on_backend<Op: WithSimd>(backend: BackendKind, op: Op) -> Op::Output {
 
 // ---------------------------------------------------------------- workloads
 
-#[path = "../benches/support/workloads.rs"]
-mod workloads;
-use workloads::{fill, traffic, variants};
+use rmsprop_simd_support::workloads::{fill, traffic, variants};
 
 struct Buffers<T> {
     grads: Vec<T>,
@@ -342,8 +340,7 @@ impl<T: Element + PulpFloat> DividerData<T> {
     }
 }
 
-#[path = "../benches/support/multipass.rs"]
-mod multipass;
+use rmsprop_simd_support::multipass;
 
 fn multi_pass_plain<T: Element>(hp: &Hyperparameters, bufs: &mut Buffers<T>) {
     let [params, square_avg] = &mut bufs.in_place[..] else {

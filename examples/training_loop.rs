@@ -16,11 +16,9 @@ const EPOCHS: usize = 200;
 /// Parameters: `w1` (HIDDEN x INPUTS), `b1` (HIDDEN), `w2` (HIDDEN), `b2` (1).
 type Model = [Vec<f32>; 4];
 
-fn rng(state: &mut u64) -> f32 {
-    *state ^= *state << 13;
-    *state ^= *state >> 7;
-    *state ^= *state << 17;
-    (*state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+/// Uniform in [-1, 1), from the support crate's seeded generator.
+fn rng(state: &mut rmsprop_simd_support::rng::TestRng) -> f32 {
+    rmsprop_simd_support::rng::uniform_f32(state, 1, -1.0, 1.0)[0]
 }
 
 /// Mean squared error and its gradient with respect to every tensor.
@@ -86,7 +84,7 @@ fn train(
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut seed = 0x2545_F491_4F6C_DD1D;
+    let mut seed = rmsprop_simd_support::rng::seeded(0x2545_F491_4F6C_DD1D);
     let xs: Vec<f32> = (0..SAMPLES * INPUTS).map(|_| rng(&mut seed)).collect();
     let ys: Vec<f32> = xs
         .chunks_exact(INPUTS)
@@ -110,11 +108,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 ..d
             },
             params: vec![0, 2],
+            ..Default::default()
         },
         // biases: plain RMSprop
         ParamGroup {
             hyperparameters: Hyperparameters { lr: 1e-2, ..d },
             params: vec![1, 3],
+            ..Default::default()
         },
     ];
     let mut opt = RmsProp::<f32>::with_groups(shapes.clone(), groups)?;

@@ -2,6 +2,48 @@
 
 use core::fmt;
 
+/// A buffer of a step, under PyTorch's names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum Buffer {
+    /// The parameters.
+    Params,
+    /// The gradients.
+    Grads,
+    /// `square_avg` (always used).
+    SquareAvg,
+    /// `grad_avg` (`centered` only).
+    GradAvg,
+    /// `momentum_buffer` (`momentum > 0` only).
+    MomentumBuffer,
+}
+
+impl Buffer {
+    /// PyTorch's name: `params`, `grads`, `square_avg`, `grad_avg` or `momentum_buffer`.
+    ///
+    /// ```
+    /// assert_eq!(rmsprop_simd::Buffer::SquareAvg.name(), "square_avg");
+    /// ```
+    pub const fn name(self) -> &'static str {
+        match self {
+            Buffer::Params => "params",
+            Buffer::Grads => "grads",
+            Buffer::SquareAvg => "square_avg",
+            Buffer::GradAvg => "grad_avg",
+            Buffer::MomentumBuffer => "momentum_buffer",
+        }
+    }
+
+    /// The three state buffers, in PyTorch's order.
+    pub const STATE: [Buffer; 3] = [Buffer::SquareAvg, Buffer::GradAvg, Buffer::MomentumBuffer];
+}
+
+impl fmt::Display for Buffer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Why a step was refused. Every check runs before the first write, so when a function of this
 /// crate returns an `Error`, every buffer passed to it is exactly as it was.
 ///
@@ -29,8 +71,8 @@ pub enum Error {
     },
     /// A buffer's length differs from the length of `params`.
     LengthMismatch {
-        /// Which buffer: `grads`, `square_avg`, `grad_avg` or `momentum_buffer`.
-        buffer: &'static str,
+        /// Which buffer: grads, square_avg, grad_avg or momentum_buffer.
+        buffer: Buffer,
         /// The length of `params`.
         expected: usize,
         /// The length of this buffer.
@@ -39,13 +81,13 @@ pub enum Error {
     /// A state buffer the hyperparameters need was not given.
     MissingState {
         /// `grad_avg` (needed when `centered`) or `momentum_buffer` (needed when `momentum > 0`).
-        buffer: &'static str,
+        buffer: Buffer,
     },
     /// A state buffer was given that the hyperparameters do not use: almost certainly a caller
     /// bug (state that would silently stop being updated), so it is refused.
     UnexpectedState {
         /// `grad_avg` (only with `centered`) or `momentum_buffer` (only with `momentum > 0`).
-        buffer: &'static str,
+        buffer: Buffer,
     },
 }
 
@@ -85,10 +127,10 @@ impl fmt::Display for Error {
     }
 }
 
-fn state_condition(buffer: &str) -> &'static str {
+fn state_condition(buffer: &Buffer) -> &'static str {
     match buffer {
-        "grad_avg" => "centered = true",
-        "momentum_buffer" => "momentum > 0",
+        Buffer::GradAvg => "centered = true",
+        Buffer::MomentumBuffer => "momentum > 0",
         _ => "the hyperparameters ask for it",
     }
 }

@@ -33,11 +33,12 @@
 //! - `safetensors` (default, implies `std`): [`RmsProp::save_state`] / [`RmsProp::load_state`],
 //!   the optimizer state under PyTorch's `state_dict` names. ([`RmsProp`] itself needs `std`.)
 //! - `num-complex`: `complex::view_as_real(_mut)`, for `Complex<f32>` / `Complex<f64>` tensors.
-//! - `capi`: the C ABI of `capi` (`include/rmsprop_simd.h`).
+//!
+//! The C ABI is the workspace's `rmsprop-simd-capi` crate (`capi/`), the Python package `python/`.
 #![cfg_attr(not(feature = "std"), no_std)]
 #![deny(missing_docs)]
-// Only the C ABI (`capi` feature) uses `unsafe`; it opts in with an `allow` of its own.
-#![deny(unsafe_code)]
+// No `unsafe` here: the C ABI crate (`capi/`) holds the FFI.
+#![forbid(unsafe_code)]
 
 mod backend;
 mod element;
@@ -46,22 +47,25 @@ mod hyper;
 mod kernel;
 pub mod reference;
 
-#[cfg(feature = "capi")]
-pub mod capi;
+mod threading;
+
+#[cfg(feature = "num-complex")]
+pub mod complex;
 #[cfg(feature = "std")]
 mod optimizer;
 
-#[cfg(feature = "num-complex")]
-pub use optimizer::complex;
+#[cfg(feature = "safetensors")]
+pub use optimizer::{header_limit, GroupKeyProblem, StateFileError, SCHEDULER_KEYS};
 #[cfg(feature = "std")]
 pub use optimizer::{OptimizerError, ParamGroup, RmsProp, TensorState};
 
 pub use backend::{Backend, BackendKind};
 pub use element::Element;
-pub use error::Error;
+pub use error::{Buffer, Error};
 pub use hyper::{Coefficients, Hyperparameters};
+pub use threading::{Threading, CHUNK_ALIGN, PARALLEL_MIN_LEN};
 
-use kernel::{Buffers, Pass};
+use kernel::Buffers;
 
 /// The optimizer state of one parameter buffer, under PyTorch's names. Each buffer has the
 /// length of the parameters and starts at zero, as in PyTorch.
@@ -117,7 +121,7 @@ pub(crate) fn validate<T: Element>(
 ) -> Result<Coefficients<T>, Error> {
     let k = Coefficients::<T>::new(hp)?;
     let expected = params.len();
-    let check = |buffer: &'static str, needed: bool, given: Option<usize>| match (needed, given) {
+    let check = |buffer: Buffer, needed: bool, given: Option<usize>| match (needed, given) {
         (true, None) => Err(Error::MissingState { buffer }),
         (false, Some(_)) => Err(Error::UnexpectedState { buffer }),
         (_, Some(actual)) if actual != expected => Err(Error::LengthMismatch {
@@ -127,47 +131,21 @@ pub(crate) fn validate<T: Element>(
         }),
         _ => Ok(()),
     };
-    check("grads", true, Some(grads.len()))?;
-    check("square_avg", true, Some(state.square_avg.len()))?;
+    check(Buffer::Grads, true, Some(grads.len()))?;
+    check(Buffer::SquareAvg, true, Some(state.square_avg.len()))?;
     let (centered, momentum) = hp.uses_state();
     check(
-        "grad_avg",
+        Buffer::GradAvg,
         centered,
         state.grad_avg.as_ref().map(|s| s.len()),
     )?;
     check(
-        "momentum_buffer",
+        Buffer::MomentumBuffer,
         momentum,
         state.momentum_buffer.as_ref().map(|s| s.len()),
     )?;
     Ok(k)
 }
-
-/// Where a step's work runs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Threading {
-    /// On the calling thread only.
-    Serial,
-    /// With the `rayon` feature: buffers of at least [`PARALLEL_MIN_LEN`] elements are split into
-    /// chunks (multiples of [`CHUNK_ALIGN`] elements) run on the caller's *current* rayon pool, so
-    /// `ThreadPool::install` decides the threads; shorter buffers stay on the calling thread.
-    /// Without the `rayon` feature this is the same as `Serial`. Results are bit-identical to
-    /// `Serial` for any thread count.
-    #[default]
-    Parallel,
-}
-
-/// Buffers shorter than this are stepped on the calling thread under [`Threading::Parallel`];
-/// longer ones are split into chunks of at least half of it. Below it, waking a second rayon
-/// thread (tens of microseconds on a busy VM) can cost more than it saves. On the 2-core Zen 4
-/// development VM, f32 plain, a buffer split in two ran at 0.5-1.15x of serial at 65536
-/// elements, 0.99-1.33x at 131072 and 1.23-1.44x at 262144 over several runs (the "parallel
-/// threshold" section of `cargo run --release --example roofline`), hence 262144.
-pub const PARALLEL_MIN_LEN: usize = 1 << 18;
-
-/// Parallel chunks start at multiples of this many elements: a whole number of vectors for every
-/// backend and of 64-byte cache lines for both element types.
-pub const CHUNK_ALIGN: usize = 64;
 
 /// A configured step: which [`Backend`] and which [`Threading`]. `Kernel::default()` is the best
 /// backend for this CPU, parallel.
@@ -260,36 +238,9 @@ impl Kernel {
             grad_avg: state.grad_avg.unwrap_or(&mut []),
             momentum_buffer: state.momentum_buffer.unwrap_or(&mut []),
         };
-        match self.threading {
-            #[cfg(feature = "rayon")]
-            Threading::Parallel if bufs.len() >= self.parallel_min_len => {
-                run_parallel(self.backend, k, bufs, self.parallel_min_len)
-            }
-            _ => self.backend.vectorize(Pass { k, bufs }),
-        }
+        threading::run_one(self, k, bufs);
         Ok(())
     }
-}
-
-/// Bisects until chunks are shorter than `min_len`, then runs each on a rayon worker; every split
-/// point is a multiple of `CHUNK_ALIGN` from the start of the buffers.
-#[cfg(feature = "rayon")]
-fn run_parallel<T: Element>(
-    backend: Backend,
-    k: Coefficients<T>,
-    bufs: Buffers<'_, T>,
-    min_len: usize,
-) {
-    let len = bufs.len();
-    let mid = (len / 2).next_multiple_of(CHUNK_ALIGN);
-    if len < min_len || rayon::current_num_threads() == 1 || mid >= len {
-        return backend.vectorize(Pass { k, bufs });
-    }
-    let (left, right) = bufs.split_at(mid);
-    rayon::join(
-        || run_parallel(backend, k, left, min_len),
-        || run_parallel(backend, k, right, min_len),
-    );
 }
 
 /// One RMSprop step on the best backend for this CPU, parallel for large buffers:

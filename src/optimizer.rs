@@ -1,18 +1,44 @@
 //! The optimizer over a whole model: parameter groups, lazily allocated state, one balanced
 //! parallel dispatch over every tensor, and PyTorch-compatible state in safetensors.
 
-use crate::kernel::{Buffers, Pass};
-use crate::{Coefficients, Element, Error, Hyperparameters, Kernel};
+use crate::kernel::Buffers;
+use crate::{Buffer, Coefficients, Element, Error, Hyperparameters, Kernel};
+use std::collections::BTreeMap;
 use std::fmt;
+
+#[cfg(feature = "safetensors")]
+pub use state_file::{header_limit, GroupKeyProblem, StateFileError, SCHEDULER_KEYS};
 
 /// A set of tensors sharing hyperparameters (PyTorch's `param_groups` entry). `params` holds
 /// tensor indices into the optimizer's list.
-#[derive(Clone, Debug, PartialEq)]
+///
+/// ```
+/// use rmsprop_simd::{Hyperparameters, ParamGroup};
+/// let group = ParamGroup::new(Hyperparameters { lr: 1e-3, ..Default::default() }, vec![0, 1]);
+/// assert!(group.extra.is_empty());
+/// ```
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct ParamGroup {
     /// The group's hyperparameters; change them between steps (schedulers).
     pub hyperparameters: Hyperparameters,
     /// Indices of the tensors in this group.
     pub params: Vec<usize>,
+    /// Keys that PyTorch's LR schedulers add to a group (`initial_lr`, `max_lr`, `min_lr`,
+    /// `base_momentum`, `max_momentum`: see `SCHEDULER_KEYS`), kept from a loaded state and
+    /// written back on save, so that a scheduler resumed from this crate's file finds them. The
+    /// step does not read them.
+    pub extra: BTreeMap<String, f64>,
+}
+
+impl ParamGroup {
+    /// A group of `params` with `hyperparameters` and no scheduler keys.
+    pub fn new(hyperparameters: Hyperparameters, params: Vec<usize>) -> Self {
+        ParamGroup {
+            hyperparameters,
+            params,
+            extra: BTreeMap::new(),
+        }
+    }
 }
 
 /// The state PyTorch keeps for one tensor, created on the tensor's first step with a gradient.
@@ -53,17 +79,25 @@ pub enum OptimizerError {
     ShapeChanged {
         /// The tensor's index.
         tensor: usize,
-        /// `params`, `grads`, or a state name when loading.
-        buffer: String,
+        /// `params`, `grads`, or a state buffer when loading.
+        buffer: Buffer,
         /// The shape recorded at construction.
         expected: Vec<usize>,
         /// What was given (for a slice: its length).
         actual: Vec<usize>,
     },
+    /// A shape whose element count does not fit in `usize`.
+    ShapeOverflow {
+        /// The tensor's index.
+        tensor: usize,
+        /// The shape given.
+        shape: Vec<usize>,
+    },
     /// The parameter groups do not assign every tensor to exactly one group.
     InvalidGroups(String),
-    /// A state file or `param_groups` JSON cannot be used; says why.
-    StateFile(String),
+    /// A state file or `param_groups` JSON cannot be used: the variant says why.
+    #[cfg(feature = "safetensors")]
+    StateFile(StateFileError),
 }
 
 impl fmt::Display for OptimizerError {
@@ -80,13 +114,44 @@ impl fmt::Display for OptimizerError {
                 "tensor {tensor}: {buffer} has shape {actual:?}, expected {expected:?} (its shape when \
                  the optimizer was built)"
             ),
+            OptimizerError::ShapeOverflow { tensor, shape } => write!(
+                f,
+                "tensor {tensor}: shape {shape:?} has more elements than usize can count"
+            ),
             OptimizerError::InvalidGroups(why) => write!(f, "invalid parameter groups: {why}"),
+            #[cfg(feature = "safetensors")]
             OptimizerError::StateFile(why) => write!(f, "unusable optimizer state: {why}"),
         }
     }
 }
 
-impl std::error::Error for OptimizerError {}
+impl std::error::Error for OptimizerError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            OptimizerError::InvalidHyperparameter { error, .. } => Some(error),
+            #[cfg(feature = "safetensors")]
+            OptimizerError::StateFile(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// The element count of each shape, or [`OptimizerError::ShapeOverflow`].
+fn element_counts(shapes: &[Vec<usize>]) -> Result<Vec<usize>, OptimizerError> {
+    shapes
+        .iter()
+        .enumerate()
+        .map(|(tensor, shape)| {
+            shape
+                .iter()
+                .try_fold(1usize, |n, &d| n.checked_mul(d))
+                .ok_or_else(|| OptimizerError::ShapeOverflow {
+                    tensor,
+                    shape: shape.clone(),
+                })
+        })
+        .collect()
+}
 
 /// `torch.optim.RMSprop(model.parameters())` for tensors the caller owns: the optimizer owns the
 /// state. Tensors are contiguous slices of `T` (`f32` or `f64`); their shapes are given once, at
@@ -98,8 +163,8 @@ impl std::error::Error for OptimizerError {}
 /// let shapes = vec![vec![4, 3], vec![3]]; // a weight and a bias
 /// let (mut w, mut b) = (vec![0.5f32; 12], vec![0.0f32; 3]);
 /// let groups = vec![
-///     ParamGroup { hyperparameters: Hyperparameters { momentum: 0.9, ..Default::default() }, params: vec![0] },
-///     ParamGroup { hyperparameters: Hyperparameters::default(), params: vec![1] },
+///     ParamGroup::new(Hyperparameters { momentum: 0.9, ..Default::default() }, vec![0]),
+///     ParamGroup::new(Hyperparameters::default(), vec![1]),
 /// ];
 /// let mut opt = RmsProp::<f32>::with_groups(shapes, groups)?;
 /// let (gw, gb) = (vec![0.1f32; 12], vec![0.2f32; 3]);
@@ -168,26 +233,21 @@ impl<T: Element> RmsProp<T> {
         hyperparameters: Hyperparameters,
     ) -> Result<Self, OptimizerError> {
         let params = (0..shapes.len()).collect();
-        Self::with_groups(
-            shapes,
-            vec![ParamGroup {
-                hyperparameters,
-                params,
-            }],
-        )
+        Self::with_groups(shapes, vec![ParamGroup::new(hyperparameters, params)])
     }
 
     /// Parameter groups, each with its own hyperparameters; every tensor in exactly one group.
     ///
     /// # Errors
-    /// [`OptimizerError::InvalidGroups`] or [`OptimizerError::InvalidHyperparameter`].
+    /// [`OptimizerError::ShapeOverflow`], [`OptimizerError::InvalidGroups`] or
+    /// [`OptimizerError::InvalidHyperparameter`].
     pub fn with_groups(
         shapes: Vec<Vec<usize>>,
         groups: Vec<ParamGroup>,
     ) -> Result<Self, OptimizerError> {
+        let lens = element_counts(&shapes)?;
         let group_of = check_groups(shapes.len(), &groups)?;
         coefficients::<T>(&groups)?;
-        let lens = shapes.iter().map(|s| s.iter().product()).collect();
         let state = vec![None; shapes.len()];
         Ok(RmsProp {
             shapes,
@@ -269,11 +329,11 @@ impl<T: Element> RmsProp<T> {
         let coeffs = coefficients::<T>(&self.groups)?;
         for (i, (p, g)) in params.iter().zip(grads).enumerate() {
             if let Some(g) = g {
-                for (buffer, len) in [("params", p.len()), ("grads", g.len())] {
+                for (buffer, len) in [(Buffer::Params, p.len()), (Buffer::Grads, g.len())] {
                     if len != self.lens[i] {
                         return Err(OptimizerError::ShapeChanged {
                             tensor: i,
-                            buffer: buffer.to_string(),
+                            buffer,
                             expected: self.shapes[i].clone(),
                             actual: vec![len],
                         });
@@ -301,7 +361,10 @@ impl<T: Element> RmsProp<T> {
             });
             st.step += 1;
             // A group switched to centered/momentum after the state was created starts that
-            // buffer at zero, as a fresh PyTorch state would have it.
+            // buffer at zero, as a fresh PyTorch state would have it (PyTorch itself raises a
+            // KeyError there). `save_state` writes such a buffer as the zeros it would start
+            // from, and `load_state` accepts its absence with the same meaning, so step, save
+            // and load agree.
             let grad_avg: &mut [T] = if centered {
                 st.grad_avg.get_or_insert_with(|| vec![T::default(); len])
             } else {
@@ -322,97 +385,8 @@ impl<T: Element> RmsProp<T> {
             };
             pieces.push((group, bufs));
         }
-        run_pieces(&self.kernel, &coeffs, pieces);
+        crate::threading::run_many(&self.kernel, &coeffs, pieces);
         Ok(())
-    }
-}
-
-/// Runs every piece, serially or as balanced parallel tasks.
-fn run_pieces<T: Element>(
-    kernel: &Kernel,
-    coeffs: &[Coefficients<T>],
-    pieces: Vec<(usize, Buffers<'_, T>)>,
-) {
-    let backend = kernel.backend();
-    #[cfg(feature = "rayon")]
-    {
-        let total: usize = pieces.iter().map(|(_, b)| b.len()).sum();
-        let threads = rayon::current_num_threads();
-        let min_len = kernel.parallel_min_len();
-        if kernel.threading() == crate::Threading::Parallel && total >= min_len && threads > 1 {
-            use rayon::prelude::*;
-            // Tasks of about `chunk` elements: large tensors cut (at multiples of CHUNK_ALIGN from
-            // their start), small ones batched. Several tasks per thread for work stealing.
-            use crate::CHUNK_ALIGN;
-            let chunk = (total / (threads * 16))
-                .max(min_len / 2)
-                .next_multiple_of(CHUNK_ALIGN);
-            let mut tasks: Vec<Vec<(usize, Buffers<'_, T>)>> = Vec::new();
-            let mut current = Vec::new();
-            let mut current_len = 0;
-            for (group, mut bufs) in pieces {
-                loop {
-                    let room = chunk - current_len;
-                    if bufs.len() <= room {
-                        current_len += bufs.len();
-                        current.push((group, bufs));
-                        break;
-                    }
-                    let cut = room / CHUNK_ALIGN * CHUNK_ALIGN;
-                    if cut > 0 {
-                        let (head, tail) = bufs.split_at(cut);
-                        current.push((group, head));
-                        bufs = tail;
-                    }
-                    tasks.push(core::mem::take(&mut current));
-                    current_len = 0;
-                }
-            }
-            if !current.is_empty() {
-                tasks.push(current);
-            }
-            tasks.into_par_iter().for_each(|task| {
-                for (group, bufs) in task {
-                    backend.vectorize(Pass {
-                        k: coeffs[group],
-                        bufs,
-                    });
-                }
-            });
-            return;
-        }
-    }
-    for (group, bufs) in pieces {
-        backend.vectorize(Pass {
-            k: coeffs[group],
-            bufs,
-        });
-    }
-}
-
-/// Complex tensors, stepped as PyTorch does (`view_as_real`: real and imaginary parts are
-/// independent elements), through zero-copy casts.
-#[cfg(feature = "num-complex")]
-pub mod complex {
-    use crate::Element;
-    use num_complex::Complex;
-
-    /// `[re0, im0, re1, im1, ...]` over the same memory (no copy): give the optimizer this view,
-    /// with the tensor registered as twice as many real elements (shape `[.., 2]`, as
-    /// `torch.view_as_real`).
-    ///
-    /// ```
-    /// use num_complex::Complex;
-    /// let z = [Complex::new(1.0f32, 2.0), Complex::new(3.0, 4.0)];
-    /// assert_eq!(rmsprop_simd::complex::view_as_real(&z), &[1.0, 2.0, 3.0, 4.0]);
-    /// ```
-    pub fn view_as_real<T: Element>(values: &[Complex<T>]) -> &[T] {
-        bytemuck::cast_slice(values)
-    }
-
-    /// Mutable [`view_as_real`].
-    pub fn view_as_real_mut<T: Element>(values: &mut [Complex<T>]) -> &mut [T] {
-        bytemuck::cast_slice_mut(values)
     }
 }
 

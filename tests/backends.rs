@@ -1,7 +1,7 @@
 //! Every backend against the scalar reference, bit for bit: exhaustive small lengths and all
 //! variants, special values, chunk boundaries, thread counts, and proptest.
 
-mod support;
+use rmsprop_simd_support::backends as support;
 
 use proptest::prelude::*;
 use rmsprop_simd::{Backend, BackendKind, Element, Hyperparameters, Kernel, Threading};
@@ -51,14 +51,15 @@ macro_rules! test_float {
 test_float!(f32, u32);
 test_float!(f64, u64);
 
-/// A small deterministic generator (xorshift64*), so failures reproduce.
-struct Rng(u64);
-impl Rng {
+/// Test inputs from a seeded generator (the support crate's), so failures reproduce.
+struct Inputs(rmsprop_simd_support::rng::TestRng);
+impl Inputs {
+    fn new(seed: u64) -> Inputs {
+        Inputs(rmsprop_simd_support::rng::seeded(seed))
+    }
     fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        use rmsprop_simd_support::rng::Rng as _;
+        self.0.next_u64()
     }
     /// Mostly ordinary values of mixed scale, one in eight a special value, one in sixteen random
     /// bits.
@@ -122,7 +123,7 @@ fn exhaustive<T: TestFloat>(kind: BackendKind, test: &str) {
     let Some(backend) = backend_or_skip(kind, test) else {
         return;
     };
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ kind as u64);
+    let mut rng = Inputs::new(0x9E37_79B9_7F4A_7C15 ^ kind as u64);
     for kernel in kernels_for(backend) {
         for hp in variants() {
             for len in lengths() {
@@ -138,7 +139,7 @@ fn small_cases<T: TestFloat>(kind: BackendKind, test: &str) {
     let Some(backend) = backend_or_skip(kind, test) else {
         return;
     };
-    let mut rng = Rng(0x5EED ^ kind as u64);
+    let mut rng = Inputs::new(0x5EED ^ kind as u64);
     for kernel in kernels_for(backend) {
         for hp in variants() {
             for len in [0, 1, 2, 3, 5, 8, 9, 17, 130] {
@@ -154,7 +155,7 @@ fn edge_hyperparameters<T: TestFloat>(kind: BackendKind, test: &str) {
     let Some(backend) = backend_or_skip(kind, test) else {
         return;
     };
-    let mut rng = Rng(42 + kind as u64);
+    let mut rng = Inputs::new(42 + kind as u64);
     let edges = [
         Hyperparameters {
             alpha: 0.0,
@@ -397,7 +398,7 @@ fn run_case<T: TestFloat>(kind: BackendKind, case: &Case) {
         // the skip is reported (or failed, in CI) by the deterministic tests of this module
         return;
     };
-    let mut rng = Rng(case.seed);
+    let mut rng = Inputs::new(case.seed);
     let start = rng.buffers::<T>(case.offset + case.len + 3);
     for kernel in kernels_for(backend) {
         check_against_reference(&kernel, &case.hp, &case.lrs, &start, case.offset, case.len);
@@ -457,7 +458,7 @@ fn lane_counts_match_the_instruction_sets() {
     ignore = "too slow under miri; small_cases_all_variants covers chunking"
 )]
 fn parallel_equals_serial_for_any_thread_count() {
-    let mut rng = Rng(7);
+    let mut rng = Inputs::new(7);
     let hp = Hyperparameters {
         momentum: 0.9,
         centered: true,
@@ -493,7 +494,7 @@ fn default_step_uses_detected_backend() {
     eprintln!("detected backend: {detected}");
     assert!(Backend::available().any(|b| b == detected));
     assert_eq!(Kernel::new().backend(), detected);
-    let mut rng = Rng(99);
+    let mut rng = Inputs::new(99);
     let start = rng.buffers::<f64>(5000);
     let hp = Hyperparameters::default();
     let mut got = start.clone();

@@ -1,8 +1,10 @@
 //! Every error path: the right typed error, a clear message, and no buffer written.
 
-mod support;
+use rmsprop_simd_support::backends as support;
 
-use rmsprop_simd::{reference, step, Backend, Error, Hyperparameters, Kernel, State, Threading};
+use rmsprop_simd::{
+    reference, step, Backend, Buffer, Error, Hyperparameters, Kernel, State, Threading,
+};
 
 /// Runs `f` on buffers full of recognisable values and asserts it returns `expected` and that
 /// not one bit of any buffer changed, for every entry point (free `step`, each backend serial and
@@ -127,12 +129,12 @@ fn length_mismatches_are_refused_untouched() {
         ..Default::default()
     };
     let cases = [
-        ([N, N - 1, N, N, N], "grads", N - 1),
-        ([N, N + 1, N, N, N], "grads", N + 1),
-        ([N, N, 0, N, N], "square_avg", 0),
-        ([N, N, N, N - 64, N], "grad_avg", N - 64),
-        ([N, N, N, N, 1], "momentum_buffer", 1),
-        ([0, 0, 1, 0, 0], "square_avg", 1),
+        ([N, N - 1, N, N, N], Buffer::Grads, N - 1),
+        ([N, N + 1, N, N, N], Buffer::Grads, N + 1),
+        ([N, N, 0, N, N], Buffer::SquareAvg, 0),
+        ([N, N, N, N - 64, N], Buffer::GradAvg, N - 64),
+        ([N, N, N, N, 1], Buffer::MomentumBuffer, 1),
+        ([0, 0, 1, 0, 0], Buffer::SquareAvg, 1),
     ];
     for (lens, buffer, actual) in cases {
         let expected = Error::LengthMismatch {
@@ -143,7 +145,7 @@ fn length_mismatches_are_refused_untouched() {
         assert_refused(&hp, lens, (true, true), &expected);
     }
     let msg = Error::LengthMismatch {
-        buffer: "grads",
+        buffer: Buffer::Grads,
         expected: 3,
         actual: 2,
     }
@@ -169,28 +171,32 @@ fn missing_and_unexpected_state_is_refused_untouched() {
         &centered,
         [N; 5],
         (false, false),
-        &Error::MissingState { buffer: "grad_avg" },
+        &Error::MissingState {
+            buffer: Buffer::GradAvg,
+        },
     );
     assert_refused(
         &momentum,
         [N; 5],
         (false, false),
         &Error::MissingState {
-            buffer: "momentum_buffer",
+            buffer: Buffer::MomentumBuffer,
         },
     );
     assert_refused(
         &plain,
         [N; 5],
         (true, false),
-        &Error::UnexpectedState { buffer: "grad_avg" },
+        &Error::UnexpectedState {
+            buffer: Buffer::GradAvg,
+        },
     );
     assert_refused(
         &plain,
         [N; 5],
         (false, true),
         &Error::UnexpectedState {
-            buffer: "momentum_buffer",
+            buffer: Buffer::MomentumBuffer,
         },
     );
     assert_refused(
@@ -198,16 +204,19 @@ fn missing_and_unexpected_state_is_refused_untouched() {
         [N; 5],
         (true, true),
         &Error::UnexpectedState {
-            buffer: "momentum_buffer",
+            buffer: Buffer::MomentumBuffer,
         },
     );
     assert_eq!(
-        Error::MissingState { buffer: "grad_avg" }.to_string(),
+        Error::MissingState {
+            buffer: Buffer::GradAvg
+        }
+        .to_string(),
         "missing state buffer grad_avg: it is required when centered = true"
     );
     assert_eq!(
         Error::UnexpectedState {
-            buffer: "momentum_buffer"
+            buffer: Buffer::MomentumBuffer
         }
         .to_string(),
         "unexpected state buffer momentum_buffer: it is used only when momentum > 0"

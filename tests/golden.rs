@@ -1,11 +1,11 @@
 //! The PyTorch 2.15 golden set (copied into `tests/golden/torch-2.15/`) on every backend, serial
 //! and parallel, with the comparison rule of `tests/golden/README.md`.
 
-mod support;
+use rmsprop_simd_support::backends as support;
 
 use rmsprop_simd::BackendKind;
+use rmsprop_simd_support::golden::{run_case_any, GoldenSet};
 use std::path::PathBuf;
-use support::golden::{run_case_any, GoldenSet};
 use support::{backend_or_skip, kernels_for};
 
 fn golden_dir() -> PathBuf {
@@ -84,7 +84,7 @@ fn golden_neon() {
 /// The rule rejects what it should: a perturbed result, and NaN where a finite value is expected.
 #[test]
 fn comparison_rule_rejects_wrong_results() {
-    use support::golden::relative_error;
+    use rmsprop_simd_support::golden::relative_error;
     let start = [1.0f32, 2.0, 3.0];
     let expected = [0.9f32, 2.1, 3.0];
     assert_eq!(relative_error(&expected, &expected, &start, 1e-38), 0.0);

@@ -2,8 +2,9 @@
 //! `examples/model_step.rs`: every tensor of a shape list stepped through `RmsProp`, and the
 //! same number of elements in one contiguous buffer stepped by the kernel.
 
-use super::workloads::fill;
-use rmsprop_simd::{Hyperparameters, Kernel, RmsProp, State};
+use crate::state::OwnedState;
+use crate::workloads::fill;
+use rmsprop_simd::{Hyperparameters, Kernel, RmsProp};
 
 /// One parameter and one gradient buffer per tensor, stepped through an `RmsProp`.
 pub struct Tensors {
@@ -36,9 +37,7 @@ impl Tensors {
 pub struct Contiguous {
     params: Vec<f32>,
     grads: Vec<f32>,
-    square_avg: Vec<f32>,
-    grad_avg: Vec<f32>,
-    momentum_buffer: Vec<f32>,
+    state: OwnedState<f32>,
     hp: Hyperparameters,
     kernel: Kernel,
 }
@@ -48,22 +47,14 @@ impl Contiguous {
         Contiguous {
             params: fill(total, 1),
             grads: fill(total, 2),
-            square_avg: vec![0.0; total],
-            grad_avg: vec![0.0; total],
-            momentum_buffer: vec![0.0; total],
+            state: OwnedState::zeros(total),
             hp,
             kernel,
         }
     }
 
     pub fn step(&mut self) {
-        let mut state = State::new(&mut self.square_avg[..]);
-        if self.hp.centered {
-            state = state.with_grad_avg(&mut self.grad_avg[..]);
-        }
-        if self.hp.momentum > 0.0 {
-            state = state.with_momentum_buffer(&mut self.momentum_buffer[..]);
-        }
+        let state = self.state.state(&self.hp);
         self.kernel
             .step(&self.hp, &mut self.params, &self.grads, state)
             .unwrap();

@@ -2,9 +2,11 @@
 //! its parameters with `rmsprop_simd`, then measures the step's throughput.
 //!
 //! ```text
-//! cargo run --release --example quickstart
+//! cargo run --release -p rmsprop-simd-quickstart
 //! ```
 
+use rand::{RngExt, SeedableRng};
+use rand_xorshift::XorShiftRng;
 use rmsprop_simd::{Backend, Hyperparameters, Kernel, State, Threading};
 use std::time::Instant;
 
@@ -12,15 +14,11 @@ const FEATURES: usize = 64;
 const CLASSES: usize = 8;
 const SAMPLES: usize = 4096;
 
-/// xorshift64*: a tiny deterministic generator, uniform in [-1, 1).
-struct Rng(u64);
+/// A seeded generator (reproducible data), uniform in [-1, 1).
+struct Rng(XorShiftRng);
 impl Rng {
     fn uniform(&mut self) -> f32 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        let bits = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40;
-        bits as f32 / (1u64 << 23) as f32 - 1.0
+        self.0.random_range(-1.0..1.0)
     }
 }
 
@@ -81,7 +79,7 @@ fn main() -> Result<(), rmsprop_simd::Error> {
     );
 
     // Data: labels from a hidden linear model plus noise.
-    let mut rng = Rng(0x1234_5678_9ABC_DEF1);
+    let mut rng = Rng(XorShiftRng::seed_from_u64(0x1234_5678_9ABC_DEF1));
     let truth: Vec<f32> = (0..CLASSES * FEATURES + CLASSES)
         .map(|_| 2.0 * rng.uniform())
         .collect();

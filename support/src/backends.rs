@@ -1,8 +1,5 @@
 //! Test harness shared by the integration tests: which backends to run, and a bitwise comparison
 //! of any kernel against the scalar reference on sub-slices of padded buffers.
-#![allow(dead_code)]
-
-pub mod golden;
 
 use rmsprop_simd::{
     reference, Backend, BackendKind, Element, Hyperparameters, Kernel, State, Threading,
@@ -96,14 +93,12 @@ impl<T: Element> Buffers<T> {
         step: &StepFn<'_, T>,
     ) -> Result<(), rmsprop_simd::Error> {
         let r = offset..offset + len;
-        let (centered, momentum) = hp.uses_state();
-        let mut state = State::new(&mut self.square_avg[r.clone()]);
-        if centered {
-            state = state.with_grad_avg(&mut self.grad_avg[r.clone()]);
-        }
-        if momentum {
-            state = state.with_momentum_buffer(&mut self.momentum_buffer[r.clone()]);
-        }
+        let state = crate::state::state_for(
+            hp,
+            &mut self.square_avg[r.clone()],
+            &mut self.grad_avg[r.clone()],
+            &mut self.momentum_buffer[r.clone()],
+        );
         step(hp, &mut self.params[r.clone()], &self.grads[r], state)
     }
 }

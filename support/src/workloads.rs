@@ -1,6 +1,5 @@
 //! Workloads shared by the benches and the performance examples: the five variants, their
 //! minimal traffic, and the model shape lists.
-#![allow(dead_code)]
 
 use rmsprop_simd::{Element, Hyperparameters};
 
@@ -58,7 +57,7 @@ pub fn traffic(hp: &Hyperparameters) -> (usize, usize) {
     (3 + c as usize + m as usize, 2 + c as usize + m as usize)
 }
 
-/// Shapes from a `name AxBxC` list (`benches/models/*.txt`).
+/// Shapes from a `name AxBxC` list (`support/models/*.txt`, [`crate::models`]).
 pub fn shapes(list: &str) -> Vec<Vec<usize>> {
     list.lines()
         .filter(|l| !l.starts_with('#') && !l.trim().is_empty())

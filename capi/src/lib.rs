@@ -8,9 +8,9 @@
 //!
 //! Settings (backend, threads) are process-wide and may be changed from any thread; a step uses
 //! the settings in force when it starts.
-#![allow(unsafe_code)]
+#![deny(missing_docs)]
 
-use crate::{Backend, BackendKind, Element, Error, Hyperparameters, Kernel, State, Threading};
+use rmsprop::{Backend, BackendKind, Element, Error, Hyperparameters, Kernel, State, Threading};
 use std::cell::RefCell;
 use std::ffi::{c_char, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -42,6 +42,8 @@ pub const RMSPROP_ERROR_STRUCT_SIZE: i32 = 9;
 pub const RMSPROP_ERROR_THREAD_POOL: i32 = 10;
 /// A Rust panic was caught (a bug in this library: please report it). Nothing crossed into C.
 pub const RMSPROP_ERROR_PANIC: i32 = 11;
+/// An error of a kind this version of the C ABI has no code for; the message says what it is.
+pub const RMSPROP_ERROR_OTHER: i32 = 12;
 
 /// Backend codes for [`rmsprop_backend_detect`], [`rmsprop_set_backend`] and friends.
 pub const RMSPROP_BACKEND_SCALAR: i32 = 0;
@@ -96,6 +98,7 @@ fn code_of(e: &Error) -> i32 {
         Error::LengthMismatch { .. } => RMSPROP_ERROR_LENGTH_MISMATCH,
         Error::MissingState { .. } => RMSPROP_ERROR_MISSING_STATE,
         Error::UnexpectedState { .. } => RMSPROP_ERROR_UNEXPECTED_STATE,
+        _ => RMSPROP_ERROR_OTHER,
     }
 }
 

@@ -3,9 +3,9 @@
 //! Format (see `tests/golden/README.md`): a directory with `cases.json` (`tolerance.{f32,f64}`
 //! and `cases`, each with `name`, `dtype`, `n`, `steps`, `lr` (one per step), `alpha`, `eps`,
 //! `weight_decay`, `momentum`, `centered`, `maximize`, `files`) and raw little-endian arrays.
-#![allow(dead_code)]
 
-use rmsprop_simd::{Element, Hyperparameters, Kernel, State};
+use crate::state::OwnedState;
+use rmsprop_simd::{Element, Hyperparameters, Kernel};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
@@ -262,19 +262,10 @@ pub fn run_case<T: Element>(case: &Case, kernel: &Kernel) -> Result<Vec<ArrayRep
     let grads = load("grads")?;
     let n = case.n;
     let mut params = params0.clone();
-    let mut square_avg = vec![T::default(); n];
-    let mut grad_avg = vec![T::default(); n];
-    let mut momentum_buffer = vec![T::default(); n];
-    let (centered, momentum) = case.hp.uses_state();
+    let mut st = OwnedState::<T>::zeros(n);
     for (s, &lr) in case.lr.iter().enumerate() {
         let hp = Hyperparameters { lr, ..case.hp };
-        let mut state = State::new(&mut square_avg);
-        if centered {
-            state = state.with_grad_avg(&mut grad_avg);
-        }
-        if momentum {
-            state = state.with_momentum_buffer(&mut momentum_buffer);
-        }
+        let state = st.state(&hp);
         kernel
             .step(&hp, &mut params, &grads[s * n..(s + 1) * n], state)
             .map_err(|e| format!("step {s} refused: {e}"))?;
@@ -287,9 +278,9 @@ pub fn run_case<T: Element>(case: &Case, kernel: &Kernel) -> Result<Vec<ArrayRep
     let mut reports = Vec::new();
     for (key, got, start) in [
         ("params", &params, &params0),
-        ("square_avg", &square_avg, &zeros),
-        ("grad_avg", &grad_avg, &zeros),
-        ("momentum_buffer", &momentum_buffer, &zeros),
+        ("square_avg", &st.square_avg, &zeros),
+        ("grad_avg", &st.grad_avg, &zeros),
+        ("momentum_buffer", &st.momentum_buffer, &zeros),
     ] {
         if path_of(key).is_none() {
             continue;

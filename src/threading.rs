@@ -1,0 +1,158 @@
+//! The threading policy, in one place: when a step leaves the calling thread, how its work is
+//! cut into tasks, and where the tasks run.
+//!
+//! - A step whose total length (one buffer, or every tensor of a multi-tensor step) is below the
+//!   kernel's threshold ([`PARALLEL_MIN_LEN`] by default), a [`Threading::Serial`] kernel, and a
+//!   rayon pool of one thread all run on the calling thread, with no allocation.
+//! - Otherwise the work is cut into tasks of about `max(total / (16 * threads), threshold / 2)`
+//!   elements: large buffers are cut at multiples of [`CHUNK_ALIGN`] elements from their start,
+//!   small ones are batched into one task, and the tasks run on the caller's *current* rayon pool
+//!   (`ThreadPool::install` chooses it), several per thread so that work stealing evens out
+//!   threads slowed by other tenants.
+//!
+//! Every element gets the same arithmetic wherever it runs, so the result is bit-identical to
+//! [`Threading::Serial`] for any thread count and threshold.
+
+use crate::kernel::{Buffers, Pass};
+use crate::{Coefficients, Element, Kernel};
+
+/// Where a step's work runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Threading {
+    /// On the calling thread only.
+    Serial,
+    /// With the `rayon` feature: steps of at least [`Kernel::parallel_min_len`] elements
+    /// ([`PARALLEL_MIN_LEN`] by default) are cut into tasks (at multiples of [`CHUNK_ALIGN`]
+    /// elements) run on the caller's *current* rayon pool, so `ThreadPool::install` decides the
+    /// threads; shorter steps stay on the calling thread. Without the `rayon` feature this is the
+    /// same as `Serial`. Results are bit-identical to `Serial` for any thread count.
+    #[default]
+    Parallel,
+}
+
+/// Steps shorter than this (in elements, summed over every tensor of a multi-tensor step) run
+/// on the calling thread under [`Threading::Parallel`]; longer ones are cut into tasks of at least
+/// half of it. Below it, waking a second thread can cost more than it saves. Measured on the
+/// 2-core Zen 4 development VM (`cargo run --release --example roofline -- --threshold`, f32
+/// plain, serial vs the same buffer split into two tasks): see README "Parallel threshold".
+pub const PARALLEL_MIN_LEN: usize = 1 << 17;
+
+/// Parallel tasks start at multiples of this many elements from the start of each buffer: a
+/// whole number of vectors for every backend and of 64-byte cache lines for both element types.
+pub const CHUNK_ALIGN: usize = 64;
+
+/// Tasks per thread: enough for work stealing to even out a thread slowed by another tenant.
+#[cfg(feature = "rayon")]
+const TASKS_PER_THREAD: usize = 16;
+
+/// Runs one buffer (group 0 of `coeffs`) with `kernel`'s backend and threading.
+pub(crate) fn run_one<T: Element>(kernel: &Kernel, k: Coefficients<T>, bufs: Buffers<'_, T>) {
+    #[cfg(feature = "rayon")]
+    if splits(kernel, bufs.len()) {
+        return run_tasks(kernel, &[k], vec![(0, bufs)]);
+    }
+    kernel.backend().vectorize(Pass { k, bufs });
+}
+
+/// Runs every `(group, buffers)` piece with the coefficients of its group.
+pub(crate) fn run_many<T: Element>(
+    kernel: &Kernel,
+    coeffs: &[Coefficients<T>],
+    pieces: Vec<(usize, Buffers<'_, T>)>,
+) {
+    #[cfg(feature = "rayon")]
+    if splits(kernel, pieces.iter().map(|(_, b)| b.len()).sum()) {
+        return run_tasks(kernel, coeffs, pieces);
+    }
+    for (group, bufs) in pieces {
+        kernel.backend().vectorize(Pass {
+            k: coeffs[group],
+            bufs,
+        });
+    }
+}
+
+/// Does a step of `total` elements leave the calling thread?
+#[cfg(feature = "rayon")]
+fn splits(kernel: &Kernel, total: usize) -> bool {
+    kernel.threading() == Threading::Parallel
+        && total >= kernel.parallel_min_len()
+        && rayon::current_num_threads() > 1
+}
+
+/// The length of one task for a step of `total` elements on `threads` threads.
+#[cfg(feature = "rayon")]
+fn task_len(total: usize, threads: usize, min_len: usize) -> usize {
+    (total / (threads * TASKS_PER_THREAD))
+        .max(min_len / 2)
+        .next_multiple_of(CHUNK_ALIGN)
+}
+
+/// Cuts the pieces into tasks of about [`task_len`] elements and runs them on the current pool.
+#[cfg(feature = "rayon")]
+fn run_tasks<T: Element>(
+    kernel: &Kernel,
+    coeffs: &[Coefficients<T>],
+    pieces: Vec<(usize, Buffers<'_, T>)>,
+) {
+    use rayon::prelude::*;
+    let total: usize = pieces.iter().map(|(_, b)| b.len()).sum();
+    let chunk = task_len(
+        total,
+        rayon::current_num_threads(),
+        kernel.parallel_min_len(),
+    );
+    let mut tasks: Vec<Vec<(usize, Buffers<'_, T>)>> = Vec::new();
+    let mut current = Vec::new();
+    let mut current_len = 0;
+    for (group, mut bufs) in pieces {
+        loop {
+            let room = chunk - current_len;
+            if bufs.len() <= room {
+                current_len += bufs.len();
+                current.push((group, bufs));
+                break;
+            }
+            let cut = room / CHUNK_ALIGN * CHUNK_ALIGN;
+            if cut > 0 {
+                let (head, tail) = bufs.split_at(cut);
+                current.push((group, head));
+                bufs = tail;
+            }
+            tasks.push(core::mem::take(&mut current));
+            current_len = 0;
+        }
+    }
+    if !current.is_empty() {
+        tasks.push(current);
+    }
+    let backend = kernel.backend();
+    tasks.into_par_iter().for_each(|task| {
+        for (group, bufs) in task {
+            backend.vectorize(Pass {
+                k: coeffs[group],
+                bufs,
+            });
+        }
+    });
+}
+
+#[cfg(all(test, feature = "rayon"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tasks_are_aligned_and_bounded() {
+        for (total, threads) in [
+            (1 << 17, 2),
+            (10_000_000, 2),
+            (12_345_678, 7),
+            (1 << 20, 64),
+        ] {
+            let len = task_len(total, threads, PARALLEL_MIN_LEN);
+            assert_eq!(len % CHUNK_ALIGN, 0);
+            assert!(len >= PARALLEL_MIN_LEN / 2);
+            assert!(total.div_ceil(len) <= threads * TASKS_PER_THREAD + 1);
+        }
+    }
+}
