@@ -10,7 +10,7 @@
 //! ```
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use rmsprop_simd::{Backend, Element, Hyperparameters, Kernel, State, Threading};
+use rmsprop_simd::{Backend, Element, Hyperparameters, Kernel, Threading};
 use std::time::{Duration, Instant};
 
 use rmsprop_simd_support::workloads::{self, variants};
@@ -79,13 +79,12 @@ impl<T: Element> Data<T> {
     }
 
     fn step(&mut self, kernel: &Kernel, hp: &Hyperparameters) {
-        let mut state = State::new(&mut self.square_avg);
-        if hp.centered {
-            state = state.with_grad_avg(&mut self.grad_avg);
-        }
-        if hp.momentum > 0.0 {
-            state = state.with_momentum_buffer(&mut self.momentum_buffer);
-        }
+        let state = rmsprop_simd_support::state::state_for(
+            hp,
+            &mut self.square_avg,
+            &mut self.grad_avg,
+            &mut self.momentum_buffer,
+        );
         kernel
             .step(hp, &mut self.params, &self.grads, state)
             .expect("valid bench input");

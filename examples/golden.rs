@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! cargo run --release --example golden -- tests/golden/torch-2.15 [--backend scalar|avx2-fma|avx512|neon]
+//! cargo run --release --example golden -- --help
 //! ```
 //! Exits 1 if any case fails, 2 if the directory is malformed or the arguments are wrong.
 
@@ -10,36 +11,66 @@ use rmsprop_simd::{Backend, BackendKind, Kernel, Threading};
 use rmsprop_simd_support::golden::{self, run_case_any, GoldenSet};
 use std::process::ExitCode;
 
+const USAGE: &str = "\
+Runs every case of a golden directory on every available backend, serial and parallel.
+
+usage: golden [--backend NAME] DIR
+
+arguments:
+  DIR              a directory with cases.json (the format of tests/golden/README.md),
+                   e.g. tests/golden/torch-2.15
+
+options:
+  --backend NAME   only this backend: scalar, avx2-fma, avx512 or neon
+  -h, --help       print this help
+
+exit status: 0 all passed, 1 a case failed, 2 bad arguments or a malformed directory";
+
 fn usage(message: &str) -> ExitCode {
-    eprintln!("error: {message}");
-    eprintln!("usage: golden DIR [--backend scalar|avx2-fma|avx512|neon]");
+    eprintln!("error: {message}\n\n{USAGE}");
     ExitCode::from(2)
 }
 
-fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+/// The parsed command line: the directory and, optionally, one backend.
+fn parse_args() -> Result<Option<(String, Option<Backend>)>, String> {
+    use lexopt::prelude::*;
     let (mut dir, mut only) = (None, None);
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        match arg.as_str() {
-            "--backend" => {
-                let Some(name) = it.next() else {
-                    return usage("--backend needs a name");
-                };
-                let Some(kind) = BackendKind::ALL.into_iter().find(|k| k.name() == name) else {
-                    return usage(&format!("unknown backend {name:?}"));
-                };
-                let Some(backend) = Backend::from_kind(kind) else {
-                    return usage(&format!("backend {kind} is not supported on this machine"));
-                };
+    let mut parser = lexopt::Parser::from_env();
+    while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
+        match arg {
+            Short('h') | Long("help") => return Ok(None),
+            Long("backend") => {
+                let name: String = parser
+                    .value()
+                    .map_err(|e| e.to_string())?
+                    .string()
+                    .map_err(|e| e.to_string())?;
+                let kind = BackendKind::ALL
+                    .into_iter()
+                    .find(|k| k.name() == name)
+                    .ok_or_else(|| format!("unknown backend {name:?}"))?;
+                let backend = Backend::from_kind(kind)
+                    .ok_or_else(|| format!("backend {kind} is not supported on this machine"))?;
                 only = Some(backend);
             }
-            _ if dir.is_none() => dir = Some(arg.clone()),
-            _ => return usage(&format!("unexpected argument {arg:?}")),
+            Value(value) if dir.is_none() => {
+                dir = Some(value.string().map_err(|e| e.to_string())?);
+            }
+            other => return Err(other.unexpected().to_string()),
         }
     }
-    let Some(dir) = dir else {
-        return usage("no directory given");
+    let dir = dir.ok_or("no directory given")?;
+    Ok(Some((dir, only)))
+}
+
+fn main() -> ExitCode {
+    let (dir, only) = match parse_args() {
+        Ok(Some(args)) => args,
+        Ok(None) => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => return usage(&e),
     };
     let set = match GoldenSet::load(std::path::Path::new(&dir)) {
         Ok(set) => set,

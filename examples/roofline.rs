@@ -15,61 +15,29 @@
 //! throughput against size.
 //!
 //! ```text
-//! cargo run --release --example roofline                   # full table, writes docs/roofline.svg
+//! cargo run --release --example roofline                   # full table, plot in target/roofline/
 //! cargo run --release --example roofline -- --quick        # fewer sizes
-//! cargo run --release --example roofline -- --svg out.svg  # plot elsewhere
+//! cargo run --release --example roofline -- --threshold    # only the parallel-threshold section
+//! cargo run --release --example roofline -- --svg out.svg  # plot elsewhere (docs/roofline.svg)
 //! ```
 
 use plotters::prelude::*;
 use pulp::{Simd, WithSimd};
 use rmsprop_simd::{BackendKind, Element, Hyperparameters, Kernel, State, Threading};
-use std::time::{Duration, Instant};
+use rmsprop_simd_support::timing;
 
 // ---------------------------------------------------------------- timing
 
 /// Timed rounds per measurement: more rounds, more chances of a quiet moment on a shared VM.
 const ROUNDS: usize = 15;
 
-/// Seconds per call of each of `fs` on `data`: the best of several rounds, where a round times
-/// one batch of each function in turn (each batch preceded, untimed, by `reset`). Interleaving
-/// puts the kernel and the probe it is compared with under the same conditions on a shared
-/// machine; the best batch is the one least disturbed by the other tenants. Resetting matters:
-/// thousands of steps on the same gradients drive some values into the subnormal range, which is
-/// 2x slower on x86 and not what a training step sees.
+/// [`timing::seconds_per_call_each`] with this report's number of rounds.
 fn seconds_per_call_each<D, const N: usize>(
     data: &mut D,
     reset: impl Fn(&mut D),
     fs: [&dyn Fn(&mut D); N],
 ) -> [f64; N] {
-    // batch sizes: enough calls for 5 ms, at most 256
-    let reps = fs.map(|f| {
-        reset(data);
-        f(data); // warm up: page faults, caches, thread pool
-        let mut reps = 1usize;
-        loop {
-            reset(data);
-            let t = Instant::now();
-            for _ in 0..reps {
-                f(data);
-            }
-            if t.elapsed() >= Duration::from_millis(5) || reps >= 256 {
-                return reps;
-            }
-            reps *= 2;
-        }
-    });
-    let mut best = [f64::INFINITY; N];
-    for _ in 0..ROUNDS {
-        for i in 0..N {
-            reset(data);
-            let t = Instant::now();
-            for _ in 0..reps[i] {
-                fs[i](data);
-            }
-            best[i] = best[i].min(t.elapsed().as_secs_f64() / reps[i] as f64);
-        }
-    }
-    best
+    timing::seconds_per_call_each(ROUNDS, data, reset, fs)
 }
 
 /// Runs a pulp operation on the instruction set of `backend`, so the probes use the vectors the
@@ -576,7 +544,11 @@ fn main() {
         .iter()
         .position(|a| a == "--svg")
         .and_then(|i| args.get(i + 1).cloned())
-        .unwrap_or_else(|| "docs/roofline.svg".to_string());
+        .unwrap_or_else(|| "target/roofline/roofline.svg".to_string());
+    if args.iter().any(|a| a == "--threshold") {
+        parallel_threshold();
+        return;
+    }
     let sizes: Vec<usize> = if quick {
         vec![1_000, 30_000, 1_000_000, 10_000_000]
     } else {
@@ -632,9 +604,24 @@ fn main() {
         }
     }
 
-    // Where splitting starts to pay: serial vs the buffer forced into two parallel chunks.
+    parallel_threshold();
+
+    if let Some(dir) = std::path::Path::new(&svg).parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    match plot(&rows, &svg) {
+        Ok(()) => println!("\nplot written to {svg}"),
+        Err(e) => {
+            eprintln!("error: cannot write the plot {svg}: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Where splitting starts to pay: serial vs the same buffer forced into two parallel tasks.
+fn parallel_threshold() {
     println!("\nparallel threshold (f32 plain; serial vs forced 2-chunk split, Gelem/s):");
-    for len in [8_192usize, 16_384, 32_768, 65_536, 131_072, 262_144] {
+    for len in [16_384usize, 32_768, 65_536, 98_304, 131_072, 196_608, 262_144] {
         let mut bufs = Buffers::<f32>::new(len, 2);
         let hp = Hyperparameters::default();
         let serial = Kernel::new().with_threading(Threading::Serial);
@@ -661,14 +648,4 @@ fn main() {
         );
     }
 
-    if let Some(dir) = std::path::Path::new(&svg).parent() {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    match plot(&rows, &svg) {
-        Ok(()) => println!("\nplot written to {svg}"),
-        Err(e) => {
-            eprintln!("error: cannot write the plot {svg}: {e}");
-            std::process::exit(1);
-        }
-    }
 }

@@ -4,7 +4,7 @@
 
 use rmsprop_simd::{
     Backend, Buffer, GroupKeyProblem, Hyperparameters, Kernel, OptimizerError, ParamGroup, RmsProp,
-    State, StateFileError, Threading,
+    StateFileError, Threading,
 };
 use rmsprop_simd_support::golden::relative_error;
 use safetensors::SafeTensors;
@@ -244,14 +244,7 @@ fn multi_tensor_step_equals_per_tensor_steps() {
                 .hyperparameters;
             let g = values(want[i].len(), s * 100 + i as u64);
             let (v, ga, b, step) = &mut state[i];
-            let (c, m) = hp.uses_state();
-            let mut st = State::new(&mut v[..]);
-            if c {
-                st = st.with_grad_avg(&mut ga[..]);
-            }
-            if m {
-                st = st.with_momentum_buffer(&mut b[..]);
-            }
+            let st = rmsprop_simd_support::state::state_for(&hp, v, ga, b);
             kernel.step(&hp, &mut want[i], &g, st).unwrap();
             *step += 1;
         }

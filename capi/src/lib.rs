@@ -215,7 +215,7 @@ fn current_backend() -> Backend {
 }
 
 /// Thread policy for later steps: `threads == 1` runs every step on the calling thread;
-/// `threads >= 2` runs large buffers (at least 262144 elements) on a pool of that many threads
+/// `threads >= 2` runs large buffers (at least `PARALLEL_MIN_LEN` = 196608 elements) on a pool of that many threads
 /// owned by this library; `threads == 0` means one thread per CPU. Returns
 /// `RMSPROP_ERROR_THREAD_POOL` (and keeps the previous policy) if the pool cannot be created.
 #[no_mangle]

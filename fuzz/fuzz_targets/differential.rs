@@ -88,14 +88,12 @@ fn step_range<T: Element>(
     f: &StepFn<'_, T>,
 ) -> Result<(), rmsprop_simd::Error> {
     let [params, grads, square_avg, grad_avg, momentum_buffer] = &mut bufs.0;
-    let (centered, momentum) = hp.uses_state();
-    let mut state = State::new(&mut square_avg[range.clone()]);
-    if centered {
-        state = state.with_grad_avg(&mut grad_avg[range.clone()]);
-    }
-    if momentum {
-        state = state.with_momentum_buffer(&mut momentum_buffer[range.clone()]);
-    }
+    let state = rmsprop_simd_support::state::state_for(
+        hp,
+        &mut square_avg[range.clone()],
+        &mut grad_avg[range.clone()],
+        &mut momentum_buffer[range.clone()],
+    );
     f(hp, &mut params[range.clone()], &grads[range], state)
 }
 
