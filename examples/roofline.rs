@@ -621,7 +621,15 @@ fn main() {
 /// Where splitting starts to pay: serial vs the same buffer forced into two parallel tasks.
 fn parallel_threshold() {
     println!("\nparallel threshold (f32 plain; serial vs forced 2-chunk split, Gelem/s):");
-    for len in [16_384usize, 32_768, 65_536, 98_304, 131_072, 196_608, 262_144] {
+    for len in [
+        16_384usize,
+        32_768,
+        65_536,
+        98_304,
+        131_072,
+        196_608,
+        262_144,
+    ] {
         let mut bufs = Buffers::<f32>::new(len, 2);
         let hp = Hyperparameters::default();
         let serial = Kernel::new().with_threading(Threading::Serial);
@@ -647,5 +655,4 @@ fn parallel_threshold() {
             }
         );
     }
-
 }

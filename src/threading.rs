@@ -58,6 +58,7 @@ pub(crate) fn run_one<T: Element>(kernel: &Kernel, k: Coefficients<T>, bufs: Buf
 }
 
 /// Runs every `(group, buffers)` piece with the coefficients of its group.
+#[cfg(feature = "std")]
 pub(crate) fn run_many<T: Element>(
     kernel: &Kernel,
     coeffs: &[Coefficients<T>],

@@ -13,7 +13,7 @@ const GROUPS: &str = r#"[{"lr":0.01,"alpha":0.99,"eps":1e-8,"weight_decay":0,"mo
 /// its data.
 fn raw(header: &str, data: &[u8]) -> Vec<u8> {
     let mut h = header.to_string();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(' ');
     }
     let mut out = (h.len() as u64).to_le_bytes().to_vec();
@@ -71,7 +71,10 @@ fn non_canonical_indices_are_refused() {
     // `param.{i}` entries are ignored, but only under a canonical index too
     let file = two_entries("state.0.square_avg", "param.01", 7.0);
     let e = state_error(load(&file).unwrap_err());
-    assert!(matches!(e, StateFileError::NonCanonicalIndex { .. }), "{e:?}");
+    assert!(
+        matches!(e, StateFileError::NonCanonicalIndex { .. }),
+        "{e:?}"
+    );
 }
 
 /// `state.0.step` (3) beside `state.00.step` (7) used to load 3 or 7 depending on hash order.
@@ -121,7 +124,12 @@ fn duplicate_header_entries_are_refused() {
         metadata(GROUPS)
     );
     let e = state_error(load(&raw(&header, &[0; 8])).unwrap_err());
-    assert_eq!(e, StateFileError::DuplicateKey { key: "dtype".into() });
+    assert_eq!(
+        e,
+        StateFileError::DuplicateKey {
+            key: "dtype".into()
+        }
+    );
     let header = format!(
         r#"{{"__metadata__":{{"param_groups":{g},"param_groups":{g}}}}}"#,
         g = serde_json::to_string(GROUPS).unwrap()
@@ -162,7 +170,8 @@ fn scheduler_keys_survive_a_round_trip() {
     assert_eq!(extra["initial_lr"], 0.1);
     assert_eq!(extra["min_lr"], 4e-7);
     assert_eq!(extra["max_momentum"], 0.95);
-    let again = RmsProp::<f32>::from_state(vec![vec![2]], &opt.save_state().unwrap(), None).unwrap();
+    let again =
+        RmsProp::<f32>::from_state(vec![vec![2]], &opt.save_state().unwrap(), None).unwrap();
     assert_eq!(again.param_groups(), opt.param_groups());
     let text = again.param_groups_json().unwrap();
     for key in rmsprop_simd::SCHEDULER_KEYS {
@@ -188,6 +197,7 @@ fn scheduler_keys_survive_a_round_trip() {
 
 /// Hyperparameters read back are the exact f64s written (serde_json's `float_roundtrip`).
 #[test]
+#[cfg_attr(miri, ignore = "2000 save/load round trips: minutes under miri")]
 fn hyperparameters_round_trip_exactly() {
     let mut rng = rmsprop_simd_support::rng::seeded(5);
     for _ in 0..2000 {
@@ -200,8 +210,8 @@ fn hyperparameters_round_trip_exactly() {
             ..Default::default()
         };
         let opt = RmsProp::<f64>::new(vec![vec![1]], hp).unwrap();
-        let back = RmsProp::<f64>::from_state(vec![vec![1]], &opt.save_state().unwrap(), None)
-            .unwrap();
+        let back =
+            RmsProp::<f64>::from_state(vec![vec![1]], &opt.save_state().unwrap(), None).unwrap();
         let h = back.param_groups()[0].hyperparameters;
         assert_eq!(h.lr.to_bits(), lr.to_bits());
         assert_eq!(h.eps.to_bits(), (lr * 1e-3).to_bits());
@@ -228,7 +238,10 @@ fn switching_state_on_after_a_step_saves_and_loads() {
         let file = a.save_state().unwrap();
         let tensors = safetensors::SafeTensors::deserialize(&file).unwrap();
         assert_eq!(tensors.tensor("state.0.grad_avg").is_ok(), centered);
-        assert_eq!(tensors.tensor("state.0.momentum_buffer").is_ok(), momentum > 0.0);
+        assert_eq!(
+            tensors.tensor("state.0.momentum_buffer").is_ok(),
+            momentum > 0.0
+        );
         let mut b = RmsProp::<f32>::from_state(vec![vec![3]], &file, None).unwrap();
         let mut pb = pa.clone();
         for _ in 0..3 {
@@ -274,7 +287,7 @@ fn the_same_state_gives_the_same_bytes() {
     assert_eq!(b.save_state().unwrap(), first);
     // and it is a safetensors file that safetensors itself reads, 8-byte aligned
     let n = u64::from_le_bytes(first[..8].try_into().unwrap());
-    assert_eq!(n % 8, 0);
+    assert!(n.is_multiple_of(8));
     let t = safetensors::SafeTensors::deserialize(&first).unwrap();
     assert_eq!(t.len(), 4);
 }
@@ -282,8 +295,8 @@ fn the_same_state_gives_the_same_bytes() {
 #[test]
 fn shapes_that_overflow_are_typed_errors() {
     let shape = vec![usize::MAX, 2];
-    let e = RmsProp::<f32>::new(vec![vec![3], shape.clone()], Hyperparameters::default())
-        .unwrap_err();
+    let e =
+        RmsProp::<f32>::new(vec![vec![3], shape.clone()], Hyperparameters::default()).unwrap_err();
     assert_eq!(e, OptimizerError::ShapeOverflow { tensor: 1, shape });
     // in a file: safetensors' own overflow check
     let header = format!(
@@ -307,9 +320,23 @@ fn step_is_exactly_what_pytorch_writes() {
         data.extend_from_slice(bytes);
         load(&raw(&header, &data))
     };
-    assert_eq!(with_step("F32", "[]", &5f32.to_le_bytes()).unwrap().state(0).unwrap().step, 5);
+    assert_eq!(
+        with_step("F32", "[]", &5f32.to_le_bytes())
+            .unwrap()
+            .state(0)
+            .unwrap()
+            .step,
+        5
+    );
     // PyTorch with float64 as its default dtype
-    assert_eq!(with_step("F64", "[]", &9f64.to_le_bytes()).unwrap().state(0).unwrap().step, 9);
+    assert_eq!(
+        with_step("F64", "[]", &9f64.to_le_bytes())
+            .unwrap()
+            .state(0)
+            .unwrap()
+            .step,
+        9
+    );
     for (dtype, shape, bytes) in [
         ("F32", "[1]", 5f32.to_le_bytes().to_vec()),
         ("F32", "[1,1,1]", 5f32.to_le_bytes().to_vec()),
@@ -318,7 +345,10 @@ fn step_is_exactly_what_pytorch_writes() {
         ("F16", "[]", vec![0, 0x45]),
     ] {
         let e = state_error(with_step(dtype, shape, &bytes).unwrap_err());
-        assert!(matches!(e, StateFileError::StepNotScalar { .. }), "{dtype} {shape}: {e:?}");
+        assert!(
+            matches!(e, StateFileError::StepNotScalar { .. }),
+            "{dtype} {shape}: {e:?}"
+        );
     }
 }
 
@@ -373,7 +403,12 @@ fn hostile_headers_are_refused_before_parsing() {
     file.extend_from_slice(b"{}");
     let e = state_error(load(&file).unwrap_err());
     assert!(matches!(e, StateFileError::HeaderTooLarge { .. }), "{e:?}");
-    // the limit leaves room for what this crate writes for many tensors with scheduler keys
+}
+
+/// The header limit leaves room for what this crate writes for many tensors with scheduler keys.
+#[test]
+#[cfg_attr(miri, ignore = "2000 tensors: minutes under miri")]
+fn header_limit_leaves_room_for_real_files() {
     let n = 2000;
     let shapes = vec![vec![7, 3]; n];
     let mut groups = vec![ParamGroup::new(

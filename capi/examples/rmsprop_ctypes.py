@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Calls rmsprop-simd's C API from Python with ctypes and numpy (no build step beyond cargo).
 
-    cargo rustc --release --lib --features capi --crate-type cdylib,staticlib
-    python3 examples/python/rmsprop_ctypes.py [GOLDEN_DIR] [CASE_NAME]
+    cargo build -p rmsprop-simd-capi --profile capi
+    python3 capi/examples/rmsprop_ctypes.py [GOLDEN_DIR] [CASE_NAME]
 
 Runs one golden case (default: f32_wd1_c1_m1_max1 of tests/golden/torch-2.15, centered + momentum
 + weight decay + maximize) through `rmsprop_step`, checks it with the golden rule, shows an error
@@ -34,7 +34,7 @@ class Hyperparameters(ctypes.Structure):
 
 
 def load_library():
-    path = os.environ.get("RMSPROP_SIMD_LIB", os.path.join(ROOT, "target", "release", "librmsprop_simd.so"))
+    path = os.environ.get("RMSPROP_SIMD_LIB", os.path.join(ROOT, "target", "capi", "librmsprop_simd.so"))
     lib = ctypes.CDLL(path)
     for dtype, ctype in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
         fn = getattr(lib, f"rmsprop_step_{dtype}")

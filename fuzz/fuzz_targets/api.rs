@@ -46,10 +46,13 @@ fn run<T: Element>(input: &Input) {
         centered: input.centered,
         maximize: input.maximize,
     };
-    let hp_ok = [hp.lr, hp.alpha, hp.eps, hp.weight_decay, hp.momentum].into_iter().all(valid_value::<T>)
+    let hp_ok = [hp.lr, hp.alpha, hp.eps, hp.weight_decay, hp.momentum]
+        .into_iter()
+        .all(valid_value::<T>)
         && T::from_f64(1.0 - hp.alpha).is_finite();
     let needs_momentum = hp.momentum > 0.0;
-    let state_ok = input.give_grad_avg == hp.centered && input.give_momentum_buffer == needs_momentum;
+    let state_ok =
+        input.give_grad_avg == hp.centered && input.give_momentum_buffer == needs_momentum;
     let lens_ok = l[1] == l[0]
         && l[2] == l[0]
         && (!input.give_grad_avg || l[3] == l[0])
@@ -59,14 +62,25 @@ fn run<T: Element>(input: &Input) {
     let mut kernels = Vec::new();
     for backend in Backend::available() {
         for threading in [Threading::Serial, Threading::Parallel] {
-            kernels.push(Kernel::new().with_backend(backend).with_threading(threading).with_parallel_min_len(128));
+            kernels.push(
+                Kernel::new()
+                    .with_backend(backend)
+                    .with_threading(threading)
+                    .with_parallel_min_len(128),
+            );
         }
     }
     for kernel in kernels {
-        let fill = |n: usize, k: usize| (0..n).map(|i| T::from_f64((i * 5 + k) as f64 * 0.01)).collect::<Vec<T>>();
+        let fill = |n: usize, k: usize| {
+            (0..n)
+                .map(|i| T::from_f64((i * 5 + k) as f64 * 0.01))
+                .collect::<Vec<T>>()
+        };
         let mut bufs: Vec<Vec<T>> = (0..5).map(|k| fill(l[k], k)).collect();
         let before = bufs.clone();
-        let [params, grads, square_avg, grad_avg, momentum_buffer] = &mut bufs[..] else { unreachable!() };
+        let [params, grads, square_avg, grad_avg, momentum_buffer] = &mut bufs[..] else {
+            unreachable!()
+        };
         let mut state = State::new(&mut square_avg[..]);
         if input.give_grad_avg {
             state = state.with_grad_avg(&mut grad_avg[..]);
@@ -88,9 +102,16 @@ fn run<T: Element>(input: &Input) {
                 };
                 assert!(kind_ok, "wrong error {e:?} for {hp:?} lens {l:?} {input:?}");
                 let unchanged = bufs.iter().zip(&before).all(|(a, b)| {
-                    a.iter().zip(b).all(|(x, y)| x.to_bits_u64() == y.to_bits_u64())
+                    a.iter()
+                        .zip(b)
+                        .all(|(x, y)| x.to_bits_u64() == y.to_bits_u64())
                 });
-                assert!(unchanged, "{} {:?} wrote on error {e}", kernel.backend(), kernel.threading());
+                assert!(
+                    unchanged,
+                    "{} {:?} wrote on error {e}",
+                    kernel.backend(),
+                    kernel.threading()
+                );
             }
         }
     }

@@ -71,15 +71,22 @@ struct Buffers<T>([Vec<T>; 5]);
 
 fn same<T: Element>(a: &[T], b: &[T]) -> bool {
     a.len() == b.len()
-        && a.iter().zip(b).all(|(x, y)| x.to_bits_u64() == y.to_bits_u64() || (x.is_nan() && y.is_nan()))
+        && a.iter()
+            .zip(b)
+            .all(|(x, y)| x.to_bits_u64() == y.to_bits_u64() || (x.is_nan() && y.is_nan()))
 }
 
 /// Bit-for-bit equality (NaN payloads included): what "unchanged" means.
 fn identical<T: Element>(a: &Buffers<T>, b: &Buffers<T>) -> bool {
-    a.0.iter().zip(&b.0).all(|(x, y)| x.iter().zip(y).all(|(p, q)| p.to_bits_u64() == q.to_bits_u64()))
+    a.0.iter().zip(&b.0).all(|(x, y)| {
+        x.iter()
+            .zip(y)
+            .all(|(p, q)| p.to_bits_u64() == q.to_bits_u64())
+    })
 }
 
-type StepFn<'f, T> = dyn Fn(&Hyperparameters, &mut [T], &[T], State<'_, T>) -> Result<(), rmsprop_simd::Error> + 'f;
+type StepFn<'f, T> =
+    dyn Fn(&Hyperparameters, &mut [T], &[T], State<'_, T>) -> Result<(), rmsprop_simd::Error> + 'f;
 
 fn step_range<T: Element>(
     bufs: &mut Buffers<T>,
@@ -101,7 +108,9 @@ fn run<T: FromBits>(input: &Input) {
     let raw = input.bits.len() / 5;
     let n = raw * (1 + input.tile as usize % 4);
     let start = Buffers::<T>(std::array::from_fn(|j| {
-        (0..n).map(|i| T::from_raw(input.bits[5 * (i % raw) + j])).collect()
+        (0..n)
+            .map(|i| T::from_raw(input.bits[5 * (i % raw) + j]))
+            .collect()
     }));
     let offset = (input.offset as usize % 8).min(n);
     let range = offset..n;
@@ -118,14 +127,25 @@ fn run<T: FromBits>(input: &Input) {
 
     let mut kernels = Vec::new();
     for backend in Backend::available() {
-        kernels.push(Kernel::new().with_backend(backend).with_threading(Threading::Serial));
-        kernels.push(Kernel::new().with_backend(backend).with_parallel_min_len(128));
+        kernels.push(
+            Kernel::new()
+                .with_backend(backend)
+                .with_threading(Threading::Serial),
+        );
+        kernels.push(
+            Kernel::new()
+                .with_backend(backend)
+                .with_parallel_min_len(128),
+        );
     }
 
     let mut want = start.clone();
     let mut got: Vec<Buffers<T>> = kernels.iter().map(|_| start.clone()).collect();
     for s in 0..steps {
-        let hp = Hyperparameters { lr: input.lrs[s].get(), ..base };
+        let hp = Hyperparameters {
+            lr: input.lrs[s].get(),
+            ..base
+        };
         let before = want.clone();
         let expected = step_range(&mut want, &hp, range.clone(), &reference::step);
         if expected.is_err() {
@@ -133,7 +153,9 @@ fn run<T: FromBits>(input: &Input) {
         }
         for (kernel, bufs) in kernels.iter().zip(got.iter_mut()) {
             let own_before = bufs.clone();
-            let result = step_range(bufs, &hp, range.clone(), &|hp, p, g, st| kernel.step(hp, p, g, st));
+            let result = step_range(bufs, &hp, range.clone(), &|hp, p, g, st| {
+                kernel.step(hp, p, g, st)
+            });
             assert_eq!(format!("{result:?}"), format!("{expected:?}"), "{kernel:?}");
             if result.is_err() {
                 assert!(identical(bufs, &own_before), "{kernel:?} wrote on error");

@@ -50,11 +50,14 @@ fn stepped<T: rmsprop_simd::Element>(centered: bool, momentum: bool) -> RmsProp<
         .map(|s| vec![T::from_f64(0.25); s.iter().product()])
         .collect();
     let mut pr: Vec<&mut [T]> = p.iter_mut().map(|p| &mut p[..]).collect();
-    opt.step(&mut pr, &[Some(&g[0]), None, Some(&g[2])]).unwrap();
+    opt.step(&mut pr, &[Some(&g[0]), None, Some(&g[2])])
+        .unwrap();
     opt
 }
 
-fn snapshot<T: rmsprop_simd::Element>(opt: &RmsProp<T>) -> (Vec<Option<Vec<u64>>>, Vec<u64>, Vec<ParamGroup>) {
+fn snapshot<T: rmsprop_simd::Element>(
+    opt: &RmsProp<T>,
+) -> (Vec<Option<Vec<u64>>>, Vec<u64>, Vec<ParamGroup>) {
     let bits = |v: &[T]| v.iter().map(|x| x.to_bits_u64()).collect::<Vec<u64>>();
     let state = (0..opt.len())
         .map(|i| {
@@ -96,7 +99,10 @@ fn run<T: rmsprop_simd::Element>(input: &Input) {
     let before = snapshot(&opt);
     match opt.load_state(&file, json) {
         Ok(()) => round_trip(&opt),
-        Err(_) => assert!(snapshot(&opt) == before, "a refused load changed the optimizer"),
+        Err(_) => assert!(
+            snapshot(&opt) == before,
+            "a refused load changed the optimizer"
+        ),
     }
 }
 
@@ -108,12 +114,23 @@ fn round_trip<T: rmsprop_simd::Element>(opt: &RmsProp<T>) {
     let bits = |v: &[T]| v.iter().map(|x| x.to_bits_u64()).collect::<Vec<u64>>();
     for i in 0..opt.len() {
         let (Some(a), Some(b)) = (again.state(i), opt.state(i)) else {
-            assert_eq!(again.state(i).is_some(), opt.state(i).is_some(), "state presence");
+            assert_eq!(
+                again.state(i).is_some(),
+                opt.state(i).is_some(),
+                "state presence"
+            );
             continue;
         };
         assert_eq!(a.step, b.step, "step survives");
-        assert_eq!(bits(&a.square_avg), bits(&b.square_avg), "square_avg survives");
-        for (x, y) in [(&a.grad_avg, &b.grad_avg), (&a.momentum_buffer, &b.momentum_buffer)] {
+        assert_eq!(
+            bits(&a.square_avg),
+            bits(&b.square_avg),
+            "square_avg survives"
+        );
+        for (x, y) in [
+            (&a.grad_avg, &b.grad_avg),
+            (&a.momentum_buffer, &b.momentum_buffer),
+        ] {
             match (x, y) {
                 (Some(x), Some(y)) => assert_eq!(bits(x), bits(y), "buffer survives"),
                 // a buffer the group needs but the state lacked is saved as the zeros the

@@ -12,6 +12,7 @@
 
 pub mod backends;
 pub mod golden;
+#[cfg(feature = "optimizer")]
 pub mod model;
 pub mod multipass;
 pub mod rng;
