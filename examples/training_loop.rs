@@ -3,8 +3,10 @@
 //! and a save/resume of the optimizer state half-way (checked to continue bit for bit).
 //!
 //! ```text
-//! cargo run --release --example training_loop
+//! cargo run --release --example training_loop [-- STATE_PATH]
 //! ```
+//! The optimizer state is written to `target/training_loop/optimizer.safetensors` unless a path
+//! is given.
 
 use rmsprop_simd::{Hyperparameters, OptimizerError, ParamGroup, RmsProp};
 
@@ -133,7 +135,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     train(&mut opt, &mut model, &xs, &ys, 0..half, true)?;
 
     // Save the optimizer state (safetensors, PyTorch's state_dict names) and the parameters.
-    let path = std::env::temp_dir().join("rmsprop_simd_training_loop.safetensors");
+    // Under target/ unless a path is given: `cargo run --release --example training_loop -- PATH`.
+    let path = std::env::args_os().nth(1).map_or_else(
+        || {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("target/training_loop/optimizer.safetensors")
+        },
+        std::path::PathBuf::from,
+    );
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
     std::fs::write(&path, opt.save_state()?)?;
     println!(
         "saved optimizer state to {} ({} bytes)",

@@ -37,8 +37,9 @@
 //! The C ABI is the workspace's `rmsprop-simd-capi` crate (`capi/`), the Python package `python/`.
 #![cfg_attr(not(feature = "std"), no_std)]
 #![deny(missing_docs)]
-// No `unsafe` here: the C ABI crate (`capi/`) holds the FFI.
-#![forbid(unsafe_code)]
+// The only `unsafe` is the inline assembly of `fpenv.rs` (reading and setting the caller's FTZ/DAZ
+// for parallel tasks), which opts in with an `allow`; the C ABI crate (`capi/`) holds the FFI.
+#![deny(unsafe_code)]
 
 mod backend;
 mod element;
@@ -47,6 +48,9 @@ mod hyper;
 mod kernel;
 pub mod reference;
 
+#[cfg(feature = "rayon")]
+#[allow(unsafe_code)]
+mod fpenv;
 mod threading;
 
 #[cfg(feature = "num-complex")]
@@ -63,6 +67,8 @@ pub use backend::{Backend, BackendKind};
 pub use element::Element;
 pub use error::{Buffer, Error};
 pub use hyper::{Coefficients, Hyperparameters};
+#[cfg(feature = "rayon")]
+pub use threading::run_in_pool;
 pub use threading::{Threading, CHUNK_ALIGN, PARALLEL_MIN_LEN};
 
 use kernel::Buffers;
@@ -239,6 +245,102 @@ impl Kernel {
             momentum_buffer: state.momentum_buffer.unwrap_or(&mut []),
         };
         threading::run_one(self, k, bufs);
+        Ok(())
+    }
+}
+
+/// One tensor of a multi-tensor step ([`Kernel::step_many`]): its hyperparameters (tensors of
+/// one parameter group share them), its buffers and its state.
+#[cfg(feature = "std")]
+#[derive(Debug)]
+pub struct TensorStep<'a, T> {
+    /// The hyperparameters of this tensor's group.
+    pub hyperparameters: &'a Hyperparameters,
+    /// The parameters, updated in place.
+    pub params: &'a mut [T],
+    /// The gradients.
+    pub grads: &'a [T],
+    /// The state buffers, updated in place.
+    pub state: State<'a, T>,
+}
+
+/// Why [`Kernel::step_many`] refused its tensors: the first invalid tensor and its error.
+/// Nothing was written.
+#[cfg(feature = "std")]
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepManyError {
+    /// The index of the tensor, in the order given.
+    pub tensor: usize,
+    /// What is wrong with it.
+    pub error: Error,
+}
+
+#[cfg(feature = "std")]
+impl core::fmt::Display for StepManyError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "tensor {}: {}", self.tensor, self.error)
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for StepManyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+#[cfg(feature = "std")]
+impl Kernel {
+    /// One step over many tensors, as one balanced dispatch: under [`Threading::Parallel`],
+    /// when the tensors add up to at least [`Kernel::parallel_min_len`] elements, large tensors
+    /// are cut into tasks and small ones batched (see `src/threading.rs`); otherwise everything
+    /// runs on the calling thread. Bit-identical to one [`Kernel::step`] per tensor. This is
+    /// the shape of PyTorch's fused `_foreach` optimizers: one call per parameter group (or per
+    /// model, since each tensor carries its own hyperparameters).
+    ///
+    /// ```
+    /// use rmsprop_simd::{Hyperparameters, Kernel, State, TensorStep};
+    /// let hp = Hyperparameters::default();
+    /// let (mut w, mut b) = (vec![1.0f32; 300], vec![0.5f32; 3]);
+    /// let (gw, gb) = (vec![0.1f32; 300], vec![0.2f32; 3]);
+    /// let (mut vw, mut vb) = (vec![0.0f32; 300], vec![0.0f32; 3]);
+    /// Kernel::new().step_many(vec![
+    ///     TensorStep { hyperparameters: &hp, params: &mut w, grads: &gw, state: State::new(&mut vw) },
+    ///     TensorStep { hyperparameters: &hp, params: &mut b, grads: &gb, state: State::new(&mut vb) },
+    /// ])?;
+    /// # Ok::<(), rmsprop_simd::StepManyError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// The first tensor whose step [`Kernel::step`] would refuse, with its error; every tensor
+    /// is checked before any is written, so on error every buffer is unchanged.
+    pub fn step_many<T: Element>(
+        &self,
+        steps: Vec<TensorStep<'_, T>>,
+    ) -> Result<(), StepManyError> {
+        let mut coeffs = Vec::with_capacity(steps.len());
+        for (tensor, s) in steps.iter().enumerate() {
+            let k = validate(s.hyperparameters, s.params, s.grads, &s.state)
+                .map_err(|error| StepManyError { tensor, error })?;
+            coeffs.push(k);
+        }
+        let pieces = steps
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| {
+                (
+                    i,
+                    Buffers {
+                        params: s.params,
+                        grads: s.grads,
+                        square_avg: s.state.square_avg,
+                        grad_avg: s.state.grad_avg.unwrap_or(&mut []),
+                        momentum_buffer: s.state.momentum_buffer.unwrap_or(&mut []),
+                    },
+                )
+            })
+            .collect();
+        threading::run_many(self, &coeffs, pieces);
         Ok(())
     }
 }

@@ -10,8 +10,9 @@
 //!   (`ThreadPool::install` chooses it), several per thread so that work stealing evens out
 //!   threads slowed by other tenants.
 //!
-//! Every element gets the same arithmetic wherever it runs, so the result is bit-identical to
-//! [`Threading::Serial`] for any thread count and threshold.
+//! Every element gets the same arithmetic wherever it runs, and every task runs under the
+//! caller's floating-point environment (FTZ/DAZ, rounding: see `fpenv.rs`), so the result is
+//! bit-identical to [`Threading::Serial`] for any thread count, threshold and environment.
 
 use crate::kernel::{Buffers, Pass};
 use crate::{Coefficients, Element, Kernel};
@@ -43,6 +44,24 @@ pub const PARALLEL_MIN_LEN: usize = 3 << 16;
 /// Parallel tasks start at multiples of this many elements from the start of each buffer: a
 /// whole number of vectors for every backend and of 64-byte cache lines for both element types.
 pub const CHUNK_ALIGN: usize = 64;
+
+/// Runs `f` on `pool` (as [`rayon::ThreadPool::install`]) under the *calling* thread's
+/// floating-point environment (FTZ/DAZ, rounding mode), restoring the pool thread's own
+/// afterwards. `pool.install(|| kernel.step(..))` alone would run the step under the pool
+/// thread's environment; with this, a step gives the same bits whichever pool runs it.
+///
+/// ```
+/// use rmsprop_simd::{run_in_pool, step, Hyperparameters, State};
+/// let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+/// let (mut p, g, mut v) = (vec![1.0f32; 1000], vec![0.5f32; 1000], vec![0.0f32; 1000]);
+/// run_in_pool(&pool, || step(&Hyperparameters::default(), &mut p, &g, State::new(&mut v)))?;
+/// # Ok::<(), rmsprop_simd::Error>(())
+/// ```
+#[cfg(feature = "rayon")]
+pub fn run_in_pool<R: Send>(pool: &rayon::ThreadPool, f: impl FnOnce() -> R + Send) -> R {
+    let env = crate::fpenv::FpEnv::current();
+    pool.install(|| env.run(f))
+}
 
 /// Tasks per thread: enough for work stealing to even out a thread slowed by another tenant.
 #[cfg(feature = "rayon")]
@@ -131,13 +150,17 @@ fn run_tasks<T: Element>(
         tasks.push(current);
     }
     let backend = kernel.backend();
+    // Every task runs under the caller's FTZ/DAZ and rounding mode, as a serial step would.
+    let env = crate::fpenv::FpEnv::current();
     tasks.into_par_iter().for_each(|task| {
-        for (group, bufs) in task {
-            backend.vectorize(Pass {
-                k: coeffs[group],
-                bufs,
-            });
-        }
+        env.run(|| {
+            for (group, bufs) in task {
+                backend.vectorize(Pass {
+                    k: coeffs[group],
+                    bufs,
+                });
+            }
+        })
     });
 }
 
