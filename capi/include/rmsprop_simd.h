@@ -1,10 +1,12 @@
 /*
- * rmsprop-simd C API: the fused RMSprop step (PyTorch semantics) for float and double buffers.
+ * rmsprop-simd C ABI v1: the fused RMSprop step (PyTorch semantics) for float and double buffers.
  *
- * Build and install the libraries with capi/install.sh PREFIX (librmsprop_simd.so and .a, this
- * header, rmsprop_simd.pc), then link with `pkg-config --cflags --libs rmsprop_simd`. Every function returns RMSPROP_OK (0) or an
- * RMSPROP_ERROR_* code, writes nothing on error, and never lets a Rust panic cross into C.
- * rmsprop_last_error_message() tells why the last call on this thread failed.
+ * Install with capi/install.sh PREFIX (librmsprop_simd.so.ABI and .a, this header,
+ * rmsprop_simd.pc) and build with `pkg-config --cflags --libs rmsprop_simd`. Create a context
+ * (rmsprop_context_create), step with it from any number of threads (rmsprop_step_f32 /
+ * rmsprop_step_multi_f32 and the f64 twins), free it (rmsprop_context_free). Every function
+ * returns RMSPROP_OK (0) or an RMSPROP_ERROR_* code, writes nothing on error and never lets a
+ * Rust panic cross into C; rmsprop_context_last_error() copies the reason into your buffer.
  */
 
 #ifndef RMSPROP_SIMD_H
@@ -14,6 +16,12 @@
 
 #include <stddef.h>
 #include <stdint.h>
+
+/*
+ The version of this C ABI. Programs compiled against another major ABI must not load this
+ library (the shared library's SONAME carries it too).
+ */
+#define RMSPROP_ABI_VERSION 1
 
 /*
  Success.
@@ -31,8 +39,8 @@
 #define RMSPROP_ERROR_MISALIGNED 2
 
 /*
- Two buffers overlap in memory (no two of params, grads, square_avg, grad_avg,
- momentum_buffer may share a byte).
+ Two buffers overlap in memory (a written buffer shares a byte with any other buffer; read-only
+ gradients may share memory with each other).
  */
 #define RMSPROP_ERROR_OVERLAP 3
 
@@ -42,7 +50,7 @@
 #define RMSPROP_ERROR_INVALID_HYPERPARAMETER 4
 
 /*
- A buffer's length differs from `params_len`.
+ A length is too large for the address space.
  */
 #define RMSPROP_ERROR_LENGTH_MISMATCH 5
 
@@ -62,12 +70,13 @@
 #define RMSPROP_ERROR_UNSUPPORTED_BACKEND 8
 
 /*
- `RmspropHyperparameters.struct_size` is not a size this library knows.
+ A struct's `struct_size` is smaller than its version's layout, or its `version` is unknown,
+ or its reserved bytes are not zero.
  */
 #define RMSPROP_ERROR_STRUCT_SIZE 9
 
 /*
- The thread pool could not be created.
+ The context's thread pool could not be created.
  */
 #define RMSPROP_ERROR_THREAD_POOL 10
 
@@ -82,7 +91,7 @@
 #define RMSPROP_ERROR_OTHER 12
 
 /*
- Backend codes for [`rmsprop_backend_detect`], [`rmsprop_set_backend`] and friends.
+ Backend codes for [`RmspropContextOptions::backend`] and friends: portable scalar code.
  */
 #define RMSPROP_BACKEND_SCALAR 0
 
@@ -102,20 +111,41 @@
 #define RMSPROP_BACKEND_NEON 3
 
 /*
- "Let the library choose": the best backend of this CPU (the default setting).
+ "Let the library choose": the best backend of this CPU (the default).
  */
 #define RMSPROP_BACKEND_AUTO -1
 
 /*
+ The layout version of [`RmspropHyperparameters`] this library writes.
+ */
+#define RMSPROP_HYPERPARAMETERS_VERSION 1
+
+/*
+ The layout version of [`RmspropContextOptions`] this library writes.
+ */
+#define RMSPROP_CONTEXT_OPTIONS_VERSION 1
+
+/*
+ A step context: backend, threads, threshold, and the message of its latest error. Create
+ with [`rmsprop_context_create`], free with [`rmsprop_context_free`]. Thread-safe.
+ */
+typedef struct RmspropContext RmspropContext;
+
+/*
  The hyperparameters of `torch.optim.RMSprop`. Fill it with [`rmsprop_hyperparameters_init`]
- (PyTorch's defaults and `struct_size`), then change fields. `struct_size` lets later versions
- append fields without breaking callers compiled against this one.
+ (PyTorch's defaults, `struct_size`, `version`), then change fields. Later versions append
+ fields in `reserved` (or beyond) and raise `version`; this library reads any struct whose
+ `struct_size` covers the layout of its `version`.
  */
 typedef struct RmspropHyperparameters {
   /*
    `sizeof(RmspropHyperparameters)` as the caller was compiled with.
    */
   uint32_t struct_size;
+  /*
+   The layout version (`RMSPROP_HYPERPARAMETERS_VERSION` of the caller's header).
+   */
+  uint32_t version;
   /*
    Learning rate (default 1e-2).
    */
@@ -144,21 +174,80 @@ typedef struct RmspropHyperparameters {
    Non-zero: maximise instead of minimise.
    */
   uint8_t maximize;
+  /*
+   Zero. Room for the fields of later versions.
+   */
+  uint8_t reserved[14];
 } RmspropHyperparameters;
+
+/*
+ How a context runs its steps. Fill it with [`rmsprop_context_options_init`], then change
+ fields.
+ */
+typedef struct RmspropContextOptions {
+  /*
+   `sizeof(RmspropContextOptions)` as the caller was compiled with.
+   */
+  uint32_t struct_size;
+  /*
+   The layout version (`RMSPROP_CONTEXT_OPTIONS_VERSION` of the caller's header).
+   */
+  uint32_t version;
+  /*
+   An `RMSPROP_BACKEND_*` code (default `RMSPROP_BACKEND_AUTO`).
+   */
+  int32_t backend;
+  /*
+   1 (default): every step on the calling thread. `n >= 2`: a pool of `n` threads owned by
+   the context, for steps of at least `parallel_min_len` elements. 0: one thread per CPU.
+   */
+  uint32_t threads;
+  /*
+   Steps with fewer elements (summed over the tensors of a multi-tensor step) stay on the
+   calling thread. 0: the library's default (196608).
+   */
+  uint64_t parallel_min_len;
+  /*
+   Zero. Room for the fields of later versions.
+   */
+  uint8_t reserved[16];
+} RmspropContextOptions;
 
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
 
 /*
- The message of the last error returned on this thread ("" if none). The pointer stays valid
- until the next call of this library on the same thread; do not free it.
+ The C ABI version of this library ([`RMSPROP_ABI_VERSION`]).
  */
-const char *rmsprop_last_error_message(void);
+uint32_t rmsprop_abi_version(void);
 
 /*
- Fills `*hp` with PyTorch's defaults and `struct_size = sizeof(RmspropHyperparameters)`.
- Returns `RMSPROP_ERROR_NULL_POINTER` if `hp` is NULL.
+ The library's version, e.g. `"0.1.0"` (a static NUL-terminated string; do not free).
+ */
+const char *rmsprop_version(void);
+
+/*
+ A static description of an `RMSPROP_*` code (never NULL; do not free). Safe to call from
+ anywhere, at any time, including thread-exit destructors.
+ */
+const char *rmsprop_error_string(int32_t code);
+
+/*
+ Copies the message of the latest error of `ctx` ("" if none) into `buf` (`buf_len` bytes,
+ always NUL-terminated when `buf_len > 0`, truncated if needed) and returns the message's full
+ length in bytes (without the NUL), as `snprintf` does. With several threads on one context,
+ the message is that of whichever error happened last. Returns 0 if `ctx` is NULL.
+
+ # Safety
+ `ctx` is NULL or a live context; `buf` is NULL (with `buf_len == 0`) or writable for
+ `buf_len` bytes.
+ */
+size_t rmsprop_context_last_error(const struct RmspropContext *ctx, char *buf, size_t buf_len);
+
+/*
+ Fills `*hp` with PyTorch's defaults, `struct_size` and `version`. Returns
+ `RMSPROP_ERROR_NULL_POINTER` if `hp` is NULL.
 
  # Safety
  `hp` is NULL or points to writable memory for one `RmspropHyperparameters`.
@@ -166,86 +255,176 @@ const char *rmsprop_last_error_message(void);
 int32_t rmsprop_hyperparameters_init(struct RmspropHyperparameters *hp);
 
 /*
+ Fills `*options` with the defaults (automatic backend, the calling thread only, the
+ library's threshold), `struct_size` and `version`.
+
+ # Safety
+ `options` is NULL or points to writable memory for one `RmspropContextOptions`.
+ */
+int32_t rmsprop_context_options_init(struct RmspropContextOptions *options);
+
+/*
  The best backend of this CPU (an `RMSPROP_BACKEND_*` code other than AUTO).
  */
 int32_t rmsprop_backend_detect(void);
 
 /*
- 1 if this CPU runs backend `backend` (an `RMSPROP_BACKEND_*` code; AUTO is always available),
- else 0.
+ 1 if this CPU runs backend `backend` (an `RMSPROP_BACKEND_*` code; AUTO is always
+ available), else 0.
  */
 int32_t rmsprop_backend_available(int32_t backend);
 
 /*
- Makes every later step use `backend` (`RMSPROP_BACKEND_AUTO` restores the default choice).
- Returns `RMSPROP_ERROR_UNSUPPORTED_BACKEND` (and changes nothing) for an unknown code or one
- this CPU lacks.
- */
-int32_t rmsprop_set_backend(int32_t backend);
+ Creates a context from `options` (NULL: the defaults of [`rmsprop_context_options_init`])
+ and stores it in `*out` (NULL on error). A pool (`threads != 1`) is created here, and again
+ in a forked child on its first parallel step.
 
-/*
- The backend the next step will use (never AUTO: AUTO is resolved to the detected one).
- */
-int32_t rmsprop_get_backend(void);
-
-/*
- Thread policy for later steps: `threads == 1` runs every step on the calling thread;
- `threads >= 2` runs large buffers (at least `PARALLEL_MIN_LEN` = 196608 elements) on a pool of that many threads
- owned by this library; `threads == 0` means one thread per CPU. Returns
- `RMSPROP_ERROR_THREAD_POOL` (and keeps the previous policy) if the pool cannot be created.
- */
-int32_t rmsprop_set_threads(size_t threads);
-
-/*
- The thread count of the current policy (1 = serial, the default).
- */
-size_t rmsprop_get_threads(void);
-
-/*
- One RMSprop step on `float` buffers, in place. Returns `RMSPROP_OK` or an error code; on error
- nothing has been written and [`rmsprop_last_error_message`] says why.
-
- - `params` (read, written), `grads` (read), `square_avg` (read, written): required, each of
-   `params_len` elements.
- - `grad_avg`: required exactly when `hp->centered`, else NULL (with length 0).
- - `momentum_buffer`: required exactly when `hp->momentum > 0`, else NULL (with length 0).
- - A NULL pointer is accepted only with length 0. No two buffers may overlap (not even `grads`
-   with another). Pointers must be aligned to `float`.
- - The library keeps no pointer after the call returns; the caller owns every buffer.
+ Errors: `RMSPROP_ERROR_NULL_POINTER` (`out` NULL), `RMSPROP_ERROR_STRUCT_SIZE`,
+ `RMSPROP_ERROR_UNSUPPORTED_BACKEND`, `RMSPROP_ERROR_THREAD_POOL`. There is no context to hold
+ their message; [`rmsprop_error_string`] describes the code.
 
  # Safety
- Each non-NULL pointer must be valid for reads (and, except `grads`, writes) of its length in
- elements, and no other thread may access those buffers during the call.
+ `options` is NULL or readable for its `struct_size` bytes; `out` is NULL or writable for one
+ pointer.
  */
-int32_t rmsprop_step_f32(const struct RmspropHyperparameters *hp,
+int32_t rmsprop_context_create(const struct RmspropContextOptions *options,
+                               struct RmspropContext **out);
+
+/*
+ Frees a context (NULL: nothing). No call on it may be running or start afterwards.
+
+ # Safety
+ `ctx` is NULL or a context from [`rmsprop_context_create`] not yet freed.
+ */
+void rmsprop_context_free(struct RmspropContext *ctx);
+
+/*
+ The backend `ctx` runs on (never AUTO), or -1 if `ctx` is NULL.
+
+ # Safety
+ `ctx` is NULL or a live context.
+ */
+int32_t rmsprop_context_backend(const struct RmspropContext *ctx);
+
+/*
+ The number of threads `ctx` steps with (1: the calling thread only), or 0 if `ctx` is NULL.
+
+ # Safety
+ `ctx` is NULL or a live context.
+ */
+size_t rmsprop_context_threads(const struct RmspropContext *ctx);
+
+/*
+One RMSprop step on `float` buffers of `len` elements, in place.
+
+ - `params` (read, written), `grads` (read only), `square_avg` (read, written):
+   required (NULL only when `len == 0`).
+ - `grad_avg`: required exactly when `hp->centered`, else NULL.
+ - `momentum_buffer`: required exactly when `hp->momentum > 0`, else NULL.
+ - No written buffer may overlap another buffer; pointers aligned to the element type.
+ - Runs on the calling thread below the context's threshold, else on its pool.
+
+ Returns `RMSPROP_OK` or an error code; on error nothing has been written and
+ [`rmsprop_context_last_error`] says why. The library keeps no pointer after the call.
+
+ # Safety
+ `ctx` is a live context; `hp` readable for its `struct_size`; each non-NULL buffer
+ valid for reads (and, except `grads`, writes) of `len` elements, and not written by
+ anyone else during the call (`grads` may be read concurrently by other calls).
+ */
+int32_t rmsprop_step_f32(struct RmspropContext *ctx,
+                         const struct RmspropHyperparameters *hp,
+                         size_t len,
                          float *params,
-                         size_t params_len,
                          const float *grads,
-                         size_t grads_len,
                          float *square_avg,
-                         size_t square_avg_len,
                          float *grad_avg,
-                         size_t grad_avg_len,
-                         float *momentum_buffer,
-                         size_t momentum_buffer_len);
+                         float *momentum_buffer);
 
 /*
- One RMSprop step on `double` buffers: as [`rmsprop_step_f32`], with `double` alignment.
+One RMSprop step over `count` `float` tensors in one call (one optimizer step),
+ balanced across the context's threads like PyTorch's fused multi-tensor optimizers.
+
+ Each argument is an array of `count` entries; tensor `i` has `lens[i]` elements and
+ the hyperparameters `*hps[i]` (tensors of one group may share one struct).
+ `grads[i] == NULL` means tensor `i` has no gradient this step: it is left untouched,
+ as PyTorch does. `grad_avg` / `momentum_buffer` may be NULL arrays when no tensor
+ uses them; their entries follow the rules of the single-tensor step. Gradients are
+ only read and may share memory with each other.
+
+ Every tensor is checked before any is written: on error nothing has been written and
+ the context's message names the tensor.
 
  # Safety
- As [`rmsprop_step_f32`].
+ `ctx` is a live context; each array NULL (only where allowed above, or when
+ `count == 0`) or readable for `count` entries; each `hps[i]` readable for its
+ `struct_size`; each buffer valid for `lens[i]` elements as in the single-tensor step.
  */
-int32_t rmsprop_step_f64(const struct RmspropHyperparameters *hp,
+int32_t rmsprop_step_multi_f32(struct RmspropContext *ctx,
+                               size_t count,
+                               const struct RmspropHyperparameters *const *hps,
+                               const size_t *lens,
+                               float *const *params,
+                               const float *const *grads,
+                               float *const *square_avg,
+                               float *const *grad_avg,
+                               float *const *momentum_buffer);
+
+/*
+One RMSprop step on `double` buffers of `len` elements, in place.
+
+ - `params` (read, written), `grads` (read only), `square_avg` (read, written):
+   required (NULL only when `len == 0`).
+ - `grad_avg`: required exactly when `hp->centered`, else NULL.
+ - `momentum_buffer`: required exactly when `hp->momentum > 0`, else NULL.
+ - No written buffer may overlap another buffer; pointers aligned to the element type.
+ - Runs on the calling thread below the context's threshold, else on its pool.
+
+ Returns `RMSPROP_OK` or an error code; on error nothing has been written and
+ [`rmsprop_context_last_error`] says why. The library keeps no pointer after the call.
+
+ # Safety
+ `ctx` is a live context; `hp` readable for its `struct_size`; each non-NULL buffer
+ valid for reads (and, except `grads`, writes) of `len` elements, and not written by
+ anyone else during the call (`grads` may be read concurrently by other calls).
+ */
+int32_t rmsprop_step_f64(struct RmspropContext *ctx,
+                         const struct RmspropHyperparameters *hp,
+                         size_t len,
                          double *params,
-                         size_t params_len,
                          const double *grads,
-                         size_t grads_len,
                          double *square_avg,
-                         size_t square_avg_len,
                          double *grad_avg,
-                         size_t grad_avg_len,
-                         double *momentum_buffer,
-                         size_t momentum_buffer_len);
+                         double *momentum_buffer);
+
+/*
+One RMSprop step over `count` `double` tensors in one call (one optimizer step),
+ balanced across the context's threads like PyTorch's fused multi-tensor optimizers.
+
+ Each argument is an array of `count` entries; tensor `i` has `lens[i]` elements and
+ the hyperparameters `*hps[i]` (tensors of one group may share one struct).
+ `grads[i] == NULL` means tensor `i` has no gradient this step: it is left untouched,
+ as PyTorch does. `grad_avg` / `momentum_buffer` may be NULL arrays when no tensor
+ uses them; their entries follow the rules of the single-tensor step. Gradients are
+ only read and may share memory with each other.
+
+ Every tensor is checked before any is written: on error nothing has been written and
+ the context's message names the tensor.
+
+ # Safety
+ `ctx` is a live context; each array NULL (only where allowed above, or when
+ `count == 0`) or readable for `count` entries; each `hps[i]` readable for its
+ `struct_size`; each buffer valid for `lens[i]` elements as in the single-tensor step.
+ */
+int32_t rmsprop_step_multi_f64(struct RmspropContext *ctx,
+                               size_t count,
+                               const struct RmspropHyperparameters *const *hps,
+                               const size_t *lens,
+                               double *const *params,
+                               const double *const *grads,
+                               double *const *square_avg,
+                               double *const *grad_avg,
+                               double *const *momentum_buffer);
 
 #ifdef __cplusplus
 }  // extern "C"

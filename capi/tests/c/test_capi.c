@@ -1,28 +1,46 @@
 /*
- * Tests the C API from C: every golden case of the project's PyTorch set through
- * rmsprop_step_f32/f64 (on every available backend, serial and with a thread pool), then every
- * error code, checking that nothing was written on error.
+ * Tests the C ABI v1 from C:
+ *  - every golden case of the project's PyTorch set through rmsprop_step_f32/f64 on every
+ *    available backend, with a serial context and with pool contexts; the whole set at once
+ *    through rmsprop_step_multi_f32/f64 (one call per step, tensors without a gradient skipped);
+ *  - every error code, checking that nothing was written and that the context says why;
+ *  - many threads on one context and on several contexts;
+ *  - a forked child stepping with its parent's pool context;
+ *  - calls from a thread-exit destructor;
+ *  - FTZ/DAZ set by the caller: serial and pool results identical, and different from the
+ *    default environment (so the comparison can fail);
+ *  - versions and struct layouts.
  *
- *   python3 tests/c/cases_to_text.py tests/golden/torch-2.15/cases.json > cases.txt
- *   cc -std=c11 -Wall -Wextra -Werror -Iinclude tests/c/test_capi.c -Ltarget/release -lrmsprop_simd -lm
+ *   python3 capi/tests/c/cases_to_text.py tests/golden/torch-2.15/cases.json > cases.txt
+ *   cc -std=c11 -Wall -Wextra -Werror capi/tests/c/test_capi.c $(pkg-config --cflags --libs rmsprop_simd) -lm -lpthread
  *   ./a.out tests/golden/torch-2.15 < cases.txt
  *
  * Prints one line per check group and "N passed, N failed"; exits non-zero on any failure.
  */
+#define _GNU_SOURCE
 #include "rmsprop_simd.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#if defined(__x86_64__)
+#include <xmmintrin.h>
+#endif
 
 static int passed = 0, failed = 0;
+static pthread_mutex_t count_lock = PTHREAD_MUTEX_INITIALIZER;
 
 #define CHECK(cond, ...)                                                                 \
     do {                                                                                 \
-        if (cond) {                                                                      \
+        bool ok_ = (cond);                                                               \
+        pthread_mutex_lock(&count_lock);                                                 \
+        if (ok_) {                                                                       \
             passed++;                                                                    \
         } else {                                                                         \
             failed++;                                                                    \
@@ -30,7 +48,30 @@ static int passed = 0, failed = 0;
             fprintf(stderr, __VA_ARGS__);                                                \
             fprintf(stderr, "\n");                                                       \
         }                                                                                \
+        pthread_mutex_unlock(&count_lock);                                               \
     } while (0)
+
+static const char *msg(const RmspropContext *ctx) {
+    static _Thread_local char buf[512];
+    rmsprop_context_last_error(ctx, buf, sizeof buf);
+    return buf;
+}
+
+static RmspropContext *context(int backend, uint32_t threads, uint64_t min_len) {
+    RmspropContextOptions o;
+    rmsprop_context_options_init(&o);
+    o.backend = backend;
+    o.threads = threads;
+    o.parallel_min_len = min_len;
+    RmspropContext *ctx = NULL;
+    int rc = rmsprop_context_create(&o, &ctx);
+    if (rc != RMSPROP_OK || !ctx) {
+        fprintf(stderr, "cannot create a context (backend %d, %u threads): %s\n", backend, threads,
+                rmsprop_error_string(rc));
+        exit(2);
+    }
+    return ctx;
+}
 
 /* ------------------------------------------------------------------ golden cases */
 
@@ -82,65 +123,127 @@ static double *widen(const void *data, size_t n, bool f32) {
     return out;
 }
 
-static void run_case(const char *dir, const Case *c, int backend, size_t threads) {
+/* One case's buffers. */
+typedef struct {
+    void *params, *params0, *square_avg, *grad_avg, *momentum_buffer;
+    char *grads;
+    RmspropHyperparameters hp;
+} Run;
+
+static void run_open(const char *dir, const Case *c, Run *r) {
+    size_t es = strcmp(c->dtype, "f32") == 0 ? 4 : 8, n = c->n;
+    r->params = read_file(dir, c->files[0], n * es);
+    r->params0 = read_file(dir, c->files[0], n * es);
+    r->grads = read_file(dir, c->files[1], c->steps * n * es);
+    r->square_avg = calloc(n ? n : 1, es);
+    r->grad_avg = strcmp(c->files[4], "-") ? calloc(n ? n : 1, es) : NULL;
+    r->momentum_buffer = strcmp(c->files[5], "-") ? calloc(n ? n : 1, es) : NULL;
+    rmsprop_hyperparameters_init(&r->hp);
+    r->hp.alpha = c->alpha;
+    r->hp.eps = c->eps;
+    r->hp.weight_decay = c->weight_decay;
+    r->hp.momentum = c->momentum;
+    r->hp.centered = (uint8_t)c->centered;
+    r->hp.maximize = (uint8_t)c->maximize;
+}
+
+static void run_check(const char *dir, const Case *c, Run *r, const char *how) {
     bool f32 = strcmp(c->dtype, "f32") == 0;
     size_t es = f32 ? 4 : 8, n = c->n;
-    void *params = read_file(dir, c->files[0], n * es);
-    void *params0 = read_file(dir, c->files[0], n * es);
-    char *grads = read_file(dir, c->files[1], c->steps * n * es);
-    void *square_avg = calloc(n ? n : 1, es);
-    void *grad_avg = strcmp(c->files[4], "-") ? calloc(n ? n : 1, es) : NULL;
-    void *momentum_buffer = strcmp(c->files[5], "-") ? calloc(n ? n : 1, es) : NULL;
-    RmspropHyperparameters hp;
-    CHECK(rmsprop_hyperparameters_init(&hp) == RMSPROP_OK, "init");
-    hp.alpha = c->alpha;
-    hp.eps = c->eps;
-    hp.weight_decay = c->weight_decay;
-    hp.momentum = c->momentum;
-    hp.centered = (uint8_t)c->centered;
-    hp.maximize = (uint8_t)c->maximize;
-    CHECK(rmsprop_set_backend(backend) == RMSPROP_OK, "set backend %d", backend);
-    CHECK(rmsprop_set_threads(threads) == RMSPROP_OK, "set threads %zu", threads);
-    for (size_t s = 0; s < c->steps; s++) {
-        hp.lr = c->lr[s];
-        size_t gl = grad_avg ? n : 0, ml = momentum_buffer ? n : 0;
-        int rc = f32 ? rmsprop_step_f32(&hp, params, n, (const float *)(grads + s * n * es), n, square_avg, n,
-                                        grad_avg, gl, momentum_buffer, ml)
-                     : rmsprop_step_f64(&hp, params, n, (const double *)(grads + s * n * es), n, square_avg, n,
-                                        grad_avg, gl, momentum_buffer, ml);
-        CHECK(rc == RMSPROP_OK, "%s step %zu: %d %s", c->name, s, rc, rmsprop_last_error_message());
-    }
     double tol = f32 ? c->tol_f32 : c->tol_f64, tiny = f32 ? 1.17549435e-38 : 2.2250738585072014e-308;
     double *zeros = calloc(n ? n : 1, sizeof(double));
-    void *got[4] = {params, square_avg, grad_avg, momentum_buffer};
+    void *got[4] = {r->params, r->square_avg, r->grad_avg, r->momentum_buffer};
     const char *names[4] = {"params", "square_avg", "grad_avg", "momentum_buffer"};
-    double *start = widen(params0, n, f32);
+    double *start = widen(r->params0, n, f32);
     for (int k = 0; k < 4; k++) {
         if (strcmp(c->files[2 + k], "-") == 0) continue;
         void *expected = read_file(dir, c->files[2 + k], n * es);
         double *x = widen(got[k], n, f32), *e = widen(expected, n, f32);
         double err = rel_error(x, e, k == 0 ? start : zeros, n, tiny);
-        CHECK(err <= tol, "%s %s backend %d threads %zu: relative error %g > %g", c->name, names[k], backend,
-              threads, err, tol);
+        CHECK(err <= tol, "%s %s (%s): relative error %g > %g", c->name, names[k], how, err, tol);
         free(x);
         free(e);
         free(expected);
     }
     free(start);
     free(zeros);
-    free(params);
-    free(params0);
-    free(grads);
-    free(square_avg);
-    free(grad_avg);
-    free(momentum_buffer);
+    free(r->params);
+    free(r->params0);
+    free(r->grads);
+    free(r->square_avg);
+    free(r->grad_avg);
+    free(r->momentum_buffer);
 }
 
-static int run_golden(const char *dir) {
-    Case cases[256];
+static void run_case(const char *dir, const Case *c, RmspropContext *ctx, const char *how) {
+    bool f32 = strcmp(c->dtype, "f32") == 0;
+    size_t es = f32 ? 4 : 8, n = c->n;
+    Run r;
+    run_open(dir, c, &r);
+    for (size_t s = 0; s < c->steps; s++) {
+        r.hp.lr = c->lr[s];
+        int rc = f32 ? rmsprop_step_f32(ctx, &r.hp, n, r.params, (const float *)(r.grads + s * n * es),
+                                        r.square_avg, r.grad_avg, r.momentum_buffer)
+                     : rmsprop_step_f64(ctx, &r.hp, n, r.params, (const double *)(r.grads + s * n * es),
+                                        r.square_avg, r.grad_avg, r.momentum_buffer);
+        CHECK(rc == RMSPROP_OK, "%s step %zu: %d %s", c->name, s, rc, msg(ctx));
+    }
+    run_check(dir, c, &r, how);
+}
+
+/* Every case of one dtype as one tensor of a multi-tensor step: one call per step; a case whose
+ * steps are over has a NULL gradient (skipped, as PyTorch skips a parameter without grad). */
+static void run_multi(const char *dir, const Case *cases, size_t count, bool f32, RmspropContext *ctx,
+                      const char *how) {
+    Run *runs = calloc(count, sizeof(Run));
+    const Case **sel = calloc(count, sizeof(Case *));
+    size_t m = 0, max_steps = 0, es = f32 ? 4 : 8;
+    for (size_t i = 0; i < count; i++) {
+        if ((strcmp(cases[i].dtype, "f32") == 0) != f32) continue;
+        sel[m] = &cases[i];
+        run_open(dir, &cases[i], &runs[m]);
+        if (cases[i].steps > max_steps) max_steps = cases[i].steps;
+        m++;
+    }
+    const RmspropHyperparameters **hps = calloc(m, sizeof(void *));
+    size_t *lens = calloc(m, sizeof(size_t));
+    void **p = calloc(m, sizeof(void *)), **v = calloc(m, sizeof(void *)), **ga = calloc(m, sizeof(void *)),
+         **b = calloc(m, sizeof(void *));
+    const void **g = calloc(m, sizeof(void *));
+    for (size_t s = 0; s < max_steps; s++) {
+        for (size_t i = 0; i < m; i++) {
+            const Case *c = sel[i];
+            runs[i].hp.lr = s < c->steps ? c->lr[s] : 0.0;
+            hps[i] = &runs[i].hp;
+            lens[i] = c->n;
+            p[i] = runs[i].params;
+            g[i] = s < c->steps ? runs[i].grads + s * c->n * es : NULL;
+            v[i] = runs[i].square_avg;
+            ga[i] = runs[i].grad_avg;
+            b[i] = runs[i].momentum_buffer;
+        }
+        int rc = f32 ? rmsprop_step_multi_f32(ctx, m, hps, lens, (float *const *)p, (const float *const *)g,
+                                              (float *const *)v, (float *const *)ga, (float *const *)b)
+                     : rmsprop_step_multi_f64(ctx, m, hps, lens, (double *const *)p, (const double *const *)g,
+                                              (double *const *)v, (double *const *)ga, (double *const *)b);
+        CHECK(rc == RMSPROP_OK, "multi step %zu: %d %s", s, rc, msg(ctx));
+    }
+    for (size_t i = 0; i < m; i++) run_check(dir, sel[i], &runs[i], how);
+    free(runs);
+    free(sel);
+    free(hps);
+    free(lens);
+    free(p);
+    free(v);
+    free(ga);
+    free(b);
+    free(g);
+}
+
+static size_t read_cases(Case *cases, size_t max) {
     size_t count = 0;
-    char line[65536];
-    while (count < 256 && fgets(line, sizeof line, stdin)) {
+    static char line[65536];
+    while (count < max && fgets(line, sizeof line, stdin)) {
         Case *c = &cases[count];
         int off = 0;
         if (sscanf(line, "%127s %7s %zu %zu %lf %lf %lf %lf %d %d %lf %lf %255s %255s %255s %255s %255s %255s%n",
@@ -167,23 +270,34 @@ static int run_golden(const char *dir) {
         fprintf(stderr, "no golden cases on stdin\n");
         exit(2);
     }
+    return count;
+}
+
+static void test_golden(const char *dir, Case *cases, size_t count) {
     int backends[] = {RMSPROP_BACKEND_SCALAR, RMSPROP_BACKEND_AVX2_FMA, RMSPROP_BACKEND_AVX512, RMSPROP_BACKEND_NEON};
-    size_t threads[] = {1, 2, 3};
-    int before = failed;
-    for (int b = 0; b < 4; b++) {
-        if (!rmsprop_backend_available(backends[b])) {
-            printf("golden: SKIPPING backend %d: not supported on this CPU\n", backends[b]);
+    uint32_t threads[] = {1, 2, 3};
+    for (int bi = 0; bi < 4; bi++) {
+        if (!rmsprop_backend_available(backends[bi])) {
+            printf("golden: SKIPPING backend %d: not supported on this CPU\n", backends[bi]);
             continue;
         }
-        for (int t = 0; t < 3; t++)
-            for (size_t i = 0; i < count; i++) run_case(dir, &cases[i], backends[b], threads[t]);
-        printf("golden: backend %d, %zu cases x threads {1,2,3}: %s\n", backends[b], count,
-               failed == before ? "ok" : "FAILED");
+        int before = failed;
+        for (int t = 0; t < 3; t++) {
+            /* a small threshold, so that even short cases are split across the pool */
+            RmspropContext *ctx = context(backends[bi], threads[t], 128);
+            CHECK(rmsprop_context_backend(ctx) == backends[bi], "context backend");
+            CHECK(rmsprop_context_threads(ctx) == threads[t], "context threads");
+            char how[64];
+            snprintf(how, sizeof how, "backend %d, %u threads", backends[bi], threads[t]);
+            for (size_t i = 0; i < count; i++) run_case(dir, &cases[i], ctx, how);
+            snprintf(how, sizeof how, "multi, backend %d, %u threads", backends[bi], threads[t]);
+            run_multi(dir, cases, count, true, ctx, how);
+            run_multi(dir, cases, count, false, ctx, how);
+            rmsprop_context_free(ctx);
+        }
+        printf("golden: backend %d, %zu cases, single and multi-tensor, threads {1,2,3}: %s\n", backends[bi],
+               count, failed == before ? "ok" : "FAILED");
     }
-    for (size_t i = 0; i < count; i++) free(cases[i].lr);
-    CHECK(rmsprop_set_backend(RMSPROP_BACKEND_AUTO) == RMSPROP_OK, "auto");
-    CHECK(rmsprop_set_threads(1) == RMSPROP_OK, "serial");
-    return (int)count;
 }
 
 /* ------------------------------------------------------------------ error codes */
@@ -198,114 +312,363 @@ static void fill(void) {
         G[i] = 0.5f;
         V[i] = V0[i] = 2.0f;
         GA[i] = GA0[i] = 0.25f;
-        B[i] = B0[i] = 0.125f;
+        B[i] = B0[i] = -1.0f;
     }
 }
 
 static bool untouched(void) {
-    return !memcmp(P, P0, sizeof P) && !memcmp(V, V0, sizeof V) && !memcmp(GA, GA0, sizeof GA) &&
-           !memcmp(B, B0, sizeof B);
+    return memcmp(P, P0, sizeof P) == 0 && memcmp(V, V0, sizeof V) == 0 && memcmp(GA, GA0, sizeof GA) == 0 &&
+           memcmp(B, B0, sizeof B) == 0;
 }
 
-/* Expects `rc` to be `code`, a non-empty message, and no buffer written. */
-static void expect_error(const char *what, int rc, int code) {
-    const char *msg = rmsprop_last_error_message();
-    CHECK(rc == code, "%s: got %d, expected %d (%s)", what, rc, code, msg);
-    CHECK(msg && strlen(msg) > 0, "%s: empty error message", what);
-    CHECK(untouched(), "%s: a buffer was written on error", what);
-    printf("error path %-44s -> %2d: %s\n", what, rc, msg);
-}
+#define EXPECT_ERR(ctx, call, code, needle)                                                                 \
+    do {                                                                                                    \
+        fill();                                                                                             \
+        int rc_ = (call);                                                                                   \
+        CHECK(rc_ == (code), "%s: got %d (%s), want %d", #call, rc_, msg(ctx), (code));                    \
+        CHECK(untouched(), "%s: buffers changed on error", #call);                                         \
+        CHECK(strstr(msg(ctx), (needle)) != NULL, "%s: message '%s' lacks '%s'", #call, msg(ctx), (needle)); \
+        printf("error path %-60.60s -> %2d: %s\n", #call, rc_, msg(ctx));                                  \
+    } while (0)
 
-static void run_errors(void) {
-    RmspropHyperparameters hp, centered_momentum;
+static void test_errors(void) {
+    RmspropContext *ctx = context(RMSPROP_BACKEND_AUTO, 1, 0);
+    RmspropHyperparameters hp, cm;
     rmsprop_hyperparameters_init(&hp);
-    rmsprop_hyperparameters_init(&centered_momentum);
-    centered_momentum.centered = 1;
-    centered_momentum.momentum = 0.9;
-    CHECK(hp.lr == 1e-2 && hp.alpha == 0.99 && hp.eps == 1e-8 && hp.weight_decay == 0 && hp.momentum == 0 &&
-              !hp.centered && !hp.maximize && hp.struct_size == sizeof(RmspropHyperparameters),
-          "PyTorch defaults from rmsprop_hyperparameters_init");
-    CHECK(rmsprop_hyperparameters_init(NULL) == RMSPROP_ERROR_NULL_POINTER, "init(NULL)");
-
-    fill();
-    expect_error("hp NULL", rmsprop_step_f32(NULL, P, N, G, N, V, N, NULL, 0, NULL, 0), RMSPROP_ERROR_NULL_POINTER);
-    expect_error("params NULL with length", rmsprop_step_f32(&hp, NULL, N, G, N, V, N, NULL, 0, NULL, 0),
-                 RMSPROP_ERROR_NULL_POINTER);
-    expect_error("grads NULL with length", rmsprop_step_f32(&hp, P, N, NULL, N, V, N, NULL, 0, NULL, 0),
-                 RMSPROP_ERROR_NULL_POINTER);
-    expect_error("grad_avg NULL with length", rmsprop_step_f32(&centered_momentum, P, N, G, N, V, N, NULL, N, B, N),
-                 RMSPROP_ERROR_NULL_POINTER);
-    expect_error("misaligned params", rmsprop_step_f32(&hp, (float *)((char *)P + 1), N - 1, G, N - 1, V, N - 1, NULL, 0, NULL, 0),
-                 RMSPROP_ERROR_MISALIGNED);
-    expect_error("params overlaps square_avg", rmsprop_step_f32(&hp, P, N, G, N, P + 10, N - 10, NULL, 0, NULL, 0),
-                 RMSPROP_ERROR_OVERLAP);
-    expect_error("grads aliases params", rmsprop_step_f32(&hp, P, N, P, N, V, N, NULL, 0, NULL, 0), RMSPROP_ERROR_OVERLAP);
-    expect_error("grad_avg overlaps momentum_buffer",
-                 rmsprop_step_f32(&centered_momentum, P, 100, G, 100, V, 100, B, 100, B + 50, 100), RMSPROP_ERROR_OVERLAP);
-    expect_error("grads length mismatch", rmsprop_step_f32(&hp, P, N, G, N - 1, V, N, NULL, 0, NULL, 0),
-                 RMSPROP_ERROR_LENGTH_MISMATCH);
-    expect_error("square_avg length mismatch", rmsprop_step_f32(&hp, P, N, G, N, V, 7, NULL, 0, NULL, 0),
-                 RMSPROP_ERROR_LENGTH_MISMATCH);
-    expect_error("momentum_buffer length mismatch",
-                 rmsprop_step_f32(&centered_momentum, P, N, G, N, V, N, GA, N, B, N - 64), RMSPROP_ERROR_LENGTH_MISMATCH);
-    expect_error("missing grad_avg (centered)", rmsprop_step_f32(&centered_momentum, P, N, G, N, V, N, NULL, 0, B, N),
-                 RMSPROP_ERROR_MISSING_STATE);
-    expect_error("missing momentum_buffer (momentum > 0)",
-                 rmsprop_step_f32(&centered_momentum, P, N, G, N, V, N, GA, N, NULL, 0), RMSPROP_ERROR_MISSING_STATE);
-    expect_error("unexpected grad_avg (not centered)", rmsprop_step_f32(&hp, P, N, G, N, V, N, GA, N, NULL, 0),
-                 RMSPROP_ERROR_UNEXPECTED_STATE);
-    expect_error("unexpected momentum_buffer (momentum 0)", rmsprop_step_f32(&hp, P, N, G, N, V, N, NULL, 0, B, N),
-                 RMSPROP_ERROR_UNEXPECTED_STATE);
-    const char *names[5] = {"lr", "alpha", "eps", "weight_decay", "momentum"};
-    double bad[4] = {-1e-3, NAN, INFINITY, 1e300};
-    for (int k = 0; k < 5; k++) {
-        for (int b = 0; b < 4; b++) {
-            RmspropHyperparameters h = centered_momentum;
-            double *field[5] = {&h.lr, &h.alpha, &h.eps, &h.weight_decay, &h.momentum};
-            *field[k] = bad[b];
-            char what[64];
-            snprintf(what, sizeof what, "%s = %g", names[k], bad[b]);
-            int need_b = k != 4 || h.momentum > 0; /* keep only the value wrong */
-            expect_error(what, rmsprop_step_f32(&h, P, N, G, N, V, N, GA, N, need_b ? B : NULL, need_b ? N : 0),
-                         RMSPROP_ERROR_INVALID_HYPERPARAMETER);
+    rmsprop_hyperparameters_init(&cm);
+    cm.centered = 1;
+    cm.momentum = 0.9;
+    EXPECT_ERR(ctx, rmsprop_step_f32(ctx, NULL, N, P, G, V, NULL, NULL), RMSPROP_ERROR_NULL_POINTER, "hp");
+    EXPECT_ERR(ctx, rmsprop_step_f32(ctx, &hp, N, NULL, G, V, NULL, NULL), RMSPROP_ERROR_NULL_POINTER, "params");
+    EXPECT_ERR(ctx, rmsprop_step_f32(ctx, &hp, N, P, NULL, V, NULL, NULL), RMSPROP_ERROR_NULL_POINTER, "grads");
+    EXPECT_ERR(ctx, rmsprop_step_f32(ctx, &hp, N, P, G, NULL, NULL, NULL), RMSPROP_ERROR_NULL_POINTER,
+               "square_avg");
+    EXPECT_ERR(ctx, rmsprop_step_f32(ctx, &hp, N - 1, (float *)((char *)P + 1), G, V, NULL, NULL),
+               RMSPROP_ERROR_MISALIGNED, "aligned");
+    EXPECT_ERR(ctx, rmsprop_step_f32(ctx, &hp, N, P, G, P + 10, NULL, NULL), RMSPROP_ERROR_OVERLAP, "overlap");
+    EXPECT_ERR(ctx, rmsprop_step_f32(ctx, &hp, N, P, P, V, NULL, NULL), RMSPROP_ERROR_OVERLAP, "grads");
+    EXPECT_ERR(ctx, rmsprop_step_f32(ctx, &cm, N, P, G, V, GA, GA + 5), RMSPROP_ERROR_OVERLAP, "overlap");
+    EXPECT_ERR(ctx, rmsprop_step_f32(ctx, &hp, SIZE_MAX / 2, P, G, V, NULL, NULL), RMSPROP_ERROR_LENGTH_MISMATCH,
+               "address space");
+    EXPECT_ERR(ctx, rmsprop_step_f32(ctx, &cm, N, P, G, V, NULL, B), RMSPROP_ERROR_MISSING_STATE, "grad_avg");
+    EXPECT_ERR(ctx, rmsprop_step_f32(ctx, &cm, N, P, G, V, GA, NULL), RMSPROP_ERROR_MISSING_STATE,
+               "momentum_buffer");
+    EXPECT_ERR(ctx, rmsprop_step_f32(ctx, &hp, N, P, G, V, GA, NULL), RMSPROP_ERROR_UNEXPECTED_STATE, "grad_avg");
+    EXPECT_ERR(ctx, rmsprop_step_f32(ctx, &hp, N, P, G, V, NULL, B), RMSPROP_ERROR_UNEXPECTED_STATE,
+               "momentum_buffer");
+    const char *fields[] = {"lr", "alpha", "eps", "weight_decay", "momentum"};
+    double bad[] = {-1.0, NAN, INFINITY, 1e300};
+    for (int f = 0; f < 5; f++) {
+        for (int k = 0; k < 4; k++) {
+            RmspropHyperparameters h = hp;
+            double *field = f == 0 ? &h.lr : f == 1 ? &h.alpha : f == 2 ? &h.eps : f == 3 ? &h.weight_decay : &h.momentum;
+            *field = bad[k];
+            float *mb = f == 4 && !(bad[k] != bad[k]) && bad[k] > 0 ? B : NULL;
+            EXPECT_ERR(ctx, rmsprop_step_f32(ctx, &h, N, P, G, V, NULL, mb), RMSPROP_ERROR_INVALID_HYPERPARAMETER,
+                       fields[f]);
         }
     }
-    RmspropHyperparameters old = hp;
-    old.struct_size = 8;
-    expect_error("struct_size from another version", rmsprop_step_f32(&old, P, N, G, N, V, N, NULL, 0, NULL, 0),
-                 RMSPROP_ERROR_STRUCT_SIZE);
-    double PD[4] = {1, 2, 3, 4}, GD[4] = {1, 1, 1, 1}, VD[4] = {0};
-    int rc = rmsprop_step_f64(&hp, PD, 4, GD, 3, VD, 4, NULL, 0, NULL, 0);
-    CHECK(rc == RMSPROP_ERROR_LENGTH_MISMATCH && PD[0] == 1 && VD[0] == 0, "f64 length mismatch: %d", rc);
-    CHECK(rmsprop_set_backend(42) == RMSPROP_ERROR_UNSUPPORTED_BACKEND, "unknown backend code");
-    printf("error path %-44s -> %2d: %s\n", "set_backend(42)", RMSPROP_ERROR_UNSUPPORTED_BACKEND, rmsprop_last_error_message());
-    for (int b = 0; b <= 3; b++) {
-        int rc2 = rmsprop_set_backend(b);
-        CHECK(rc2 == (rmsprop_backend_available(b) ? RMSPROP_OK : RMSPROP_ERROR_UNSUPPORTED_BACKEND),
-              "set_backend(%d) = %d", b, rc2);
-        if (rc2 == RMSPROP_OK) CHECK(rmsprop_get_backend() == b, "get_backend after set %d", b);
+    RmspropHyperparameters h = hp;
+    h.version = 2;
+    EXPECT_ERR(ctx, rmsprop_step_f32(ctx, &h, N, P, G, V, NULL, NULL), RMSPROP_ERROR_STRUCT_SIZE, "version");
+    h = hp;
+    h.struct_size = 56;
+    EXPECT_ERR(ctx, rmsprop_step_f32(ctx, &h, N, P, G, V, NULL, NULL), RMSPROP_ERROR_STRUCT_SIZE, "struct_size");
+    h = hp;
+    h.reserved[0] = 1;
+    EXPECT_ERR(ctx, rmsprop_step_f32(ctx, &h, N, P, G, V, NULL, NULL), RMSPROP_ERROR_STRUCT_SIZE, "reserved");
+    /* multi-tensor: the message names the tensor; a bad second tensor writes nothing in the first */
+    {
+        const RmspropHyperparameters *hps[2] = {&hp, &cm};
+        size_t lens[2] = {N / 2, N / 2};
+        float *ps[2] = {P, P + N / 2};
+        const float *gs[2] = {G, G + N / 2};
+        float *vs[2] = {V, V + N / 2};
+        float *gas[2] = {NULL, NULL}; /* tensor 1 is centered: missing */
+        float *bs[2] = {NULL, B};
+        EXPECT_ERR(ctx, rmsprop_step_multi_f32(ctx, 2, hps, lens, ps, gs, vs, gas, bs), RMSPROP_ERROR_MISSING_STATE,
+                   "tensor 1: grad_avg");
+        const RmspropHyperparameters *plain[2] = {&hp, &hp};
+        float *ps_overlap[2] = {P, P + 10};
+        EXPECT_ERR(ctx, rmsprop_step_multi_f32(ctx, 2, plain, lens, ps_overlap, gs, vs, NULL, NULL),
+                   RMSPROP_ERROR_OVERLAP, "tensor");
+        EXPECT_ERR(ctx, rmsprop_step_multi_f32(ctx, 2, NULL, lens, ps, gs, vs, NULL, bs), RMSPROP_ERROR_NULL_POINTER,
+                   "hps");
     }
-    CHECK(rmsprop_set_backend(RMSPROP_BACKEND_AUTO) == RMSPROP_OK, "set auto");
-    CHECK(rmsprop_get_backend() == rmsprop_backend_detect(), "auto resolves to the detected backend");
-
-    /* Empty buffers: a valid no-op, NULL allowed with length 0. */
-    CHECK(rmsprop_step_f32(&hp, NULL, 0, NULL, 0, NULL, 0, NULL, 0, NULL, 0) == RMSPROP_OK, "empty no-op: %s",
-          rmsprop_last_error_message());
-    /* And a valid step writes. */
-    CHECK(rmsprop_step_f32(&hp, P, N, G, N, V, N, NULL, 0, NULL, 0) == RMSPROP_OK && P[0] < P0[0], "valid step");
-    CHECK(rmsprop_set_threads(4) == RMSPROP_OK && rmsprop_get_threads() == 4, "4 threads");
-    CHECK(rmsprop_set_threads(1) == RMSPROP_OK && rmsprop_get_threads() == 1, "serial");
+    /* contexts */
+    RmspropContextOptions o;
+    rmsprop_context_options_init(&o);
+    o.backend = 42;
+    RmspropContext *none = (RmspropContext *)&o;
+    CHECK(rmsprop_context_create(&o, &none) == RMSPROP_ERROR_UNSUPPORTED_BACKEND && none == NULL, "backend 42");
+    rmsprop_context_options_init(&o);
+    o.reserved[2] = 7;
+    CHECK(rmsprop_context_create(&o, &none) == RMSPROP_ERROR_STRUCT_SIZE, "options reserved");
+    CHECK(rmsprop_context_create(NULL, NULL) == RMSPROP_ERROR_NULL_POINTER, "out NULL");
+    CHECK(rmsprop_step_f32(NULL, &hp, N, P, G, V, NULL, NULL) == RMSPROP_ERROR_NULL_POINTER, "ctx NULL");
+    CHECK(rmsprop_hyperparameters_init(NULL) == RMSPROP_ERROR_NULL_POINTER, "init NULL");
+    rmsprop_context_free(NULL);
+    /* the message is copied snprintf-style */
+    fill();
+    rmsprop_step_f32(ctx, &cm, N, P, G, V, NULL, B);
+    char small[8];
+    size_t full = rmsprop_context_last_error(ctx, small, sizeof small);
+    CHECK(full > 7 && strlen(small) == 7, "truncated message: %zu, '%s'", full, small);
+    CHECK(strcmp(rmsprop_error_string(RMSPROP_ERROR_OVERLAP), "two buffers overlap in memory") == 0, "strings");
+    CHECK(strcmp(rmsprop_error_string(12345), "unknown error code") == 0, "unknown code");
+    /* an empty step and an empty multi-step are valid no-ops */
+    CHECK(rmsprop_step_f32(ctx, &cm, 0, NULL, NULL, NULL, NULL, NULL) == RMSPROP_OK, "empty: %s", msg(ctx));
+    CHECK(rmsprop_step_multi_f32(ctx, 0, NULL, NULL, NULL, NULL, NULL, NULL, NULL) == RMSPROP_OK, "count 0");
+    rmsprop_context_free(ctx);
 }
+
+/* ------------------------------------------------------------------ threads */
+
+#define BIG 300000 /* above the default threshold: the pool is used */
+
+typedef struct {
+    RmspropContext *ctx;
+    float *p, *g, *v;
+    size_t n;
+    int steps, rc;
+} Job;
+
+static void *job_run(void *arg) {
+    Job *j = arg;
+    RmspropHyperparameters hp;
+    rmsprop_hyperparameters_init(&hp);
+    j->rc = RMSPROP_OK;
+    for (int s = 0; s < j->steps && j->rc == RMSPROP_OK; s++) {
+        hp.lr = 0.01 / (1 + s);
+        j->rc = rmsprop_step_f32(j->ctx, &hp, j->n, j->p, j->g, j->v, NULL, NULL);
+    }
+    return NULL;
+}
+
+static void job_alloc(Job *j, RmspropContext *ctx, size_t n, int steps, unsigned seed) {
+    j->ctx = ctx;
+    j->n = n;
+    j->steps = steps;
+    j->p = malloc(n * sizeof(float));
+    j->g = malloc(n * sizeof(float));
+    j->v = calloc(n, sizeof(float));
+    for (size_t i = 0; i < n; i++) {
+        j->p[i] = (float)((i * 7 + seed) % 101) / 50.0f - 1.0f;
+        j->g[i] = (float)((i * 13 + seed * 3) % 97) / 97.0f - 0.4f;
+    }
+}
+
+static void job_free(Job *j) {
+    free(j->p);
+    free(j->g);
+    free(j->v);
+}
+
+static void test_threads(void) {
+    enum { T = 8 };
+    RmspropContext *serial = context(RMSPROP_BACKEND_AUTO, 1, 0);
+    RmspropContext *shared = context(RMSPROP_BACKEND_AUTO, 2, 0);
+    RmspropContext *own[T];
+    Job want[T], one[T], many[T];
+    pthread_t th[T];
+    for (int t = 0; t < T; t++) {
+        size_t n = t % 2 ? BIG : 1000 + t; /* large (pool) and small (calling thread) steps */
+        own[t] = context(RMSPROP_BACKEND_AUTO, 2, 4096);
+        job_alloc(&want[t], serial, n, 5, (unsigned)t);
+        job_alloc(&one[t], shared, n, 5, (unsigned)t);
+        job_alloc(&many[t], own[t], n, 5, (unsigned)t);
+        job_run(&want[t]);
+    }
+    for (int t = 0; t < T; t++) pthread_create(&th[t], NULL, job_run, &one[t]);
+    for (int t = 0; t < T; t++) pthread_join(th[t], NULL);
+    for (int t = 0; t < T; t++) pthread_create(&th[t], NULL, job_run, &many[t]);
+    for (int t = 0; t < T; t++) pthread_join(th[t], NULL);
+    for (int t = 0; t < T; t++) {
+        CHECK(one[t].rc == RMSPROP_OK && many[t].rc == RMSPROP_OK, "thread %d: %d %d", t, one[t].rc, many[t].rc);
+        CHECK(memcmp(one[t].p, want[t].p, want[t].n * sizeof(float)) == 0, "thread %d on one shared context", t);
+        CHECK(memcmp(many[t].p, want[t].p, want[t].n * sizeof(float)) == 0, "thread %d on its own context", t);
+        job_free(&want[t]);
+        job_free(&one[t]);
+        job_free(&many[t]);
+        rmsprop_context_free(own[t]);
+    }
+    rmsprop_context_free(serial);
+    rmsprop_context_free(shared);
+    printf("threads: %d threads on one pool context and on %d contexts, equal to serial: %s\n", T, T,
+           failed ? "see failures" : "ok");
+}
+
+/* ------------------------------------------------------------------ fork */
+
+static void test_fork(void) {
+    RmspropContext *pool = context(RMSPROP_BACKEND_AUTO, 2, 0);
+    RmspropContext *serial = context(RMSPROP_BACKEND_AUTO, 1, 0);
+    Job warm, child, want;
+    job_alloc(&warm, pool, BIG, 2, 1);
+    job_run(&warm); /* the pool's threads now exist in the parent */
+    CHECK(warm.rc == RMSPROP_OK, "parent step");
+    job_alloc(&want, serial, BIG, 3, 2);
+    job_run(&want);
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+        alarm(60); /* a hang (the old global pool) fails instead of blocking CI */
+        job_alloc(&child, pool, BIG, 3, 2);
+        job_run(&child);
+        int ok = child.rc == RMSPROP_OK && memcmp(child.p, want.p, BIG * sizeof(float)) == 0;
+        rmsprop_context_free(pool); /* the child may free its copy */
+        _exit(ok ? 0 : 1);
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "forked child stepping with the parent's pool context: status %d",
+          status);
+    /* the parent's context still works */
+    job_alloc(&child, pool, BIG, 3, 2);
+    job_run(&child);
+    CHECK(child.rc == RMSPROP_OK && memcmp(child.p, want.p, BIG * sizeof(float)) == 0, "parent after fork");
+    job_free(&warm);
+    job_free(&child);
+    job_free(&want);
+    rmsprop_context_free(pool);
+    rmsprop_context_free(serial);
+    printf("fork: a child steps with its parent's pool context (the pool is recreated): %s\n",
+           WIFEXITED(status) && WEXITSTATUS(status) == 0 ? "ok" : "FAILED");
+}
+
+/* ------------------------------------------------------------------ thread-exit destructors */
+
+static pthread_key_t key;
+static RmspropContext *dtor_ctx;
+static int dtor_rc_ok = -100, dtor_rc_err = -100, dtor_msg_ok = 0;
+static float DP[64], DG[64], DV[64];
+
+static void destructor(void *value) {
+    (void)value;
+    RmspropHyperparameters hp;
+    rmsprop_hyperparameters_init(&hp);
+    for (int i = 0; i < 64; i++) DG[i] = 0.5f;
+    dtor_rc_ok = rmsprop_step_f32(dtor_ctx, &hp, 64, DP, DG, DV, NULL, NULL);
+    hp.lr = -1;
+    dtor_rc_err = rmsprop_step_f32(dtor_ctx, &hp, 64, DP, DG, DV, NULL, NULL);
+    char buf[256];
+    rmsprop_context_last_error(dtor_ctx, buf, sizeof buf);
+    dtor_msg_ok = strstr(buf, "lr") != NULL;
+    (void)rmsprop_error_string(dtor_rc_err);
+}
+
+static void *dtor_thread(void *arg) {
+    (void)arg;
+    pthread_setspecific(key, (void *)1);
+    return NULL;
+}
+
+static void test_destructor(void) {
+    dtor_ctx = context(RMSPROP_BACKEND_AUTO, 2, 0);
+    pthread_key_create(&key, destructor);
+    pthread_t t;
+    pthread_create(&t, NULL, dtor_thread, NULL);
+    pthread_join(t, NULL);
+    CHECK(dtor_rc_ok == RMSPROP_OK, "step from a thread-exit destructor: %d", dtor_rc_ok);
+    CHECK(dtor_rc_err == RMSPROP_ERROR_INVALID_HYPERPARAMETER, "error from a destructor: %d", dtor_rc_err);
+    CHECK(dtor_msg_ok, "message from a destructor");
+    CHECK(DP[0] != 0.0f, "the destructor's step ran");
+    rmsprop_context_free(dtor_ctx);
+    printf("thread-exit destructor: calls return their codes (%d, %d), no abort\n", dtor_rc_ok, dtor_rc_err);
+}
+
+/* ------------------------------------------------------------------ FTZ/DAZ */
+
+#if defined(__x86_64__)
+static unsigned fp_get(void) { return _mm_getcsr(); }
+static void fp_set(unsigned v) { _mm_setcsr(v); }
+static unsigned fp_flush(unsigned v) { return v | 0x8040; /* FTZ | DAZ */ }
+#elif defined(__aarch64__)
+static unsigned long fp_get(void) {
+    unsigned long v;
+    __asm__ volatile("mrs %0, fpcr" : "=r"(v));
+    return v;
+}
+static void fp_set(unsigned long v) { __asm__ volatile("msr fpcr, %0" ::"r"(v)); }
+static unsigned long fp_flush(unsigned long v) { return v | (1UL << 24); /* FZ */ }
+#endif
+
+#if defined(__x86_64__) || defined(__aarch64__)
+static void ftz_run(RmspropContext *ctx, int flush, float *p) {
+    float *g = malloc(BIG * sizeof(float)), *v = malloc(BIG * sizeof(float)), *b = malloc(BIG * sizeof(float));
+    float tiny = 1.17549435e-38f / 4; /* subnormal */
+    for (size_t i = 0; i < BIG; i++) {
+        p[i] = tiny * (float)(1 + i % 3);
+        g[i] = tiny * (float)(1 + i % 5);
+        v[i] = tiny;
+        b[i] = tiny;
+    }
+    RmspropHyperparameters hp;
+    rmsprop_hyperparameters_init(&hp);
+    hp.lr = 1e-3;
+    hp.momentum = 0.9;
+    hp.weight_decay = 0.5;
+    hp.eps = 0;
+    __typeof__(fp_get()) saved = fp_get();
+    if (flush) fp_set(fp_flush(saved));
+    int rc = rmsprop_step_f32(ctx, &hp, BIG, p, g, v, NULL, b);
+    fp_set(saved);
+    CHECK(rc == RMSPROP_OK, "ftz step: %s", msg(ctx));
+    free(g);
+    free(v);
+    free(b);
+}
+
+static void test_ftz(void) {
+    RmspropContext *serial = context(RMSPROP_BACKEND_AUTO, 1, 0);
+    RmspropContext *pool = context(RMSPROP_BACKEND_AUTO, 3, 1024);
+    float *a = malloc(BIG * sizeof(float)), *b = malloc(BIG * sizeof(float)), *c = malloc(BIG * sizeof(float));
+    ftz_run(serial, 1, a);
+    ftz_run(pool, 1, b);
+    ftz_run(serial, 0, c);
+    size_t same = 0, differ = 0;
+    for (size_t i = 0; i < BIG; i++) {
+        same += memcmp(&a[i], &b[i], sizeof(float)) == 0;
+        differ += memcmp(&a[i], &c[i], sizeof(float)) != 0;
+    }
+    CHECK(same == BIG, "FTZ|DAZ: pool differs from serial on %zu of %d elements", (size_t)BIG - same, BIG);
+    CHECK(differ > BIG / 2, "FTZ|DAZ changed only %zu of %d results: the test would not notice", differ, BIG);
+    printf("FTZ|DAZ: serial and pool identical on %zu of %d elements; %zu differ from the default environment\n",
+           same, BIG, differ);
+    free(a);
+    free(b);
+    free(c);
+    rmsprop_context_free(serial);
+    rmsprop_context_free(pool);
+}
+#endif
+
+/* ------------------------------------------------------------------ main */
 
 int main(int argc, char **argv) {
     if (argc != 2) {
         fprintf(stderr, "usage: %s GOLDEN_DIR < cases.txt\n", argv[0]);
         return 2;
     }
-    printf("detected backend %d\n", rmsprop_backend_detect());
-    int cases = run_golden(argv[1]);
-    printf("golden: %d cases read\n", cases);
-    run_errors();
+    CHECK(rmsprop_abi_version() == RMSPROP_ABI_VERSION, "ABI version %u", rmsprop_abi_version());
+    CHECK(strlen(rmsprop_version()) > 0, "version string");
+    CHECK(sizeof(RmspropHyperparameters) == 64, "hyperparameters layout: %zu bytes", sizeof(RmspropHyperparameters));
+    CHECK(sizeof(RmspropContextOptions) == 40, "options layout: %zu bytes", sizeof(RmspropContextOptions));
+    printf("rmsprop-simd %s, C ABI %u, detected backend %d\n", rmsprop_version(), rmsprop_abi_version(),
+           rmsprop_backend_detect());
+    static Case cases[256];
+    size_t count = read_cases(cases, 256);
+    test_golden(argv[1], cases, count);
+    for (size_t i = 0; i < count; i++) free(cases[i].lr);
+    test_errors();
+    test_threads();
+    test_fork();
+    test_destructor();
+#if defined(__x86_64__) || defined(__aarch64__)
+    test_ftz();
+#else
+    printf("FTZ|DAZ: NOT TESTED on this architecture\n");
+#endif
     printf("%d passed, %d failed\n", passed, failed);
     return failed ? 1 : 0;
 }
