@@ -14,6 +14,8 @@ install -d "$dest$prefix/lib/pkgconfig" "$dest$prefix/include"
 install -m 755 target/capi/librmsprop_simd.so "$dest$prefix/lib/$soname"
 ln -sf "$soname" "$dest$prefix/lib/librmsprop_simd.so"
 install -m 644 target/capi/librmsprop_simd.a "$dest$prefix/lib/"
+# Debug sections of the Rust standard library make up most of the archive; symbols stay.
+strip --strip-debug "$dest$prefix/lib/librmsprop_simd.a"
 install -m 644 capi/include/rmsprop_simd.h "$dest$prefix/include/"
 sed -e "s|@PREFIX@|$prefix|" -e "s|@VERSION@|$version|" capi/rmsprop_simd.pc.in \
     > "$dest$prefix/lib/pkgconfig/rmsprop_simd.pc"

@@ -19,10 +19,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 class Hyperparameters(ctypes.Structure):
-    """Mirror of `RmspropHyperparameters` in include/rmsprop_simd.h."""
+    """Mirror of `RmspropHyperparameters` in capi/include/rmsprop_simd.h (C ABI v1)."""
 
     _fields_ = [
         ("struct_size", ctypes.c_uint32),
+        ("version", ctypes.c_uint32),
         ("lr", ctypes.c_double),
         ("alpha", ctypes.c_double),
         ("eps", ctypes.c_double),
@@ -30,58 +31,80 @@ class Hyperparameters(ctypes.Structure):
         ("momentum", ctypes.c_double),
         ("centered", ctypes.c_uint8),
         ("maximize", ctypes.c_uint8),
+        ("reserved", ctypes.c_uint8 * 14),
     ]
 
 
 def load_library():
     path = os.environ.get("RMSPROP_SIMD_LIB", os.path.join(ROOT, "target", "capi", "librmsprop_simd.so"))
     lib = ctypes.CDLL(path)
+    ctx_p = ctypes.c_void_p
     for dtype, ctype in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
         fn = getattr(lib, f"rmsprop_step_{dtype}")
-        ptr, n = ctypes.POINTER(ctype), ctypes.c_size_t
-        fn.argtypes = [ctypes.POINTER(Hyperparameters), ptr, n, ptr, n, ptr, n, ptr, n, ptr, n]
+        ptr = ctypes.POINTER(ctype)
+        fn.argtypes = [ctx_p, ctypes.POINTER(Hyperparameters), ctypes.c_size_t, ptr, ptr, ptr, ptr, ptr]
         fn.restype = ctypes.c_int32
     lib.rmsprop_hyperparameters_init.argtypes = [ctypes.POINTER(Hyperparameters)]
     lib.rmsprop_hyperparameters_init.restype = ctypes.c_int32
-    lib.rmsprop_last_error_message.restype = ctypes.c_char_p
+    lib.rmsprop_context_create.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctx_p)]
+    lib.rmsprop_context_create.restype = ctypes.c_int32
+    lib.rmsprop_context_free.argtypes = [ctx_p]
+    lib.rmsprop_context_last_error.argtypes = [ctx_p, ctypes.c_char_p, ctypes.c_size_t]
+    lib.rmsprop_context_last_error.restype = ctypes.c_size_t
     lib.rmsprop_backend_detect.restype = ctypes.c_int32
-    lib.rmsprop_set_threads.argtypes = [ctypes.c_size_t]
-    lib.rmsprop_set_threads.restype = ctypes.c_int32
+    lib.rmsprop_abi_version.restype = ctypes.c_uint32
+    if lib.rmsprop_abi_version() != 1:
+        raise RuntimeError("this example speaks C ABI v1")
     return lib
 
 
 class RMSprop:
-    """A minimal wrapper: one numpy (or, via data_ptr, torch) buffer per call."""
+    """A minimal wrapper over one context: one numpy buffer per call (the Python package,
+    python/, is the real binding; this shows the C ABI from a foreign-function interface)."""
 
     def __init__(self, lib, **hyperparameters):
         self.lib = lib
+        self.ctx = ctypes.c_void_p()
+        code = lib.rmsprop_context_create(None, ctypes.byref(self.ctx))  # defaults: calling thread
+        if code != 0:
+            raise RuntimeError(f"rmsprop_context_create failed ({code})")
         self.hp = Hyperparameters()
         lib.rmsprop_hyperparameters_init(ctypes.byref(self.hp))  # PyTorch's defaults
         for key, value in hyperparameters.items():
             setattr(self.hp, key, value)
 
+    def __del__(self):
+        if getattr(self, "ctx", None):
+            self.lib.rmsprop_context_free(self.ctx)
+
+    def message(self):
+        buf = ctypes.create_string_buffer(512)
+        self.lib.rmsprop_context_last_error(self.ctx, buf, len(buf))
+        return buf.value.decode()
+
     @staticmethod
-    def _buffer(array, dtype, name, writable):
-        """(pointer, length) of a C-contiguous numpy array of `dtype`, or (NULL, 0) for None."""
+    def _buffer(array, dtype, name, writable, n):
+        """The pointer of a C-contiguous numpy array of `dtype` and length n, or NULL for None."""
         if array is None:
-            return None, 0
+            return None
         if not isinstance(array, np.ndarray) or array.dtype != dtype:
             raise TypeError(f"{name} must be a numpy array of {dtype}")
         if not array.flags["C_CONTIGUOUS"] or (writable and not array.flags["WRITEABLE"]):
             raise ValueError(f"{name} must be C-contiguous" + (" and writable" if writable else ""))
+        if array.size != n:
+            raise ValueError(f"{name} has {array.size} elements, params has {n}")
         ctype = ctypes.c_float if dtype == np.float32 else ctypes.c_double
-        return array.ctypes.data_as(ctypes.POINTER(ctype)), array.size
+        return array.ctypes.data_as(ctypes.POINTER(ctype))
 
     def step(self, params, grads, square_avg, grad_avg=None, momentum_buffer=None):
-        dtype = params.dtype
+        dtype, n = params.dtype, params.size
         fn = {np.dtype(np.float32): self.lib.rmsprop_step_f32, np.dtype(np.float64): self.lib.rmsprop_step_f64}[dtype]
-        args = []
-        for name, array, writable in (("params", params, True), ("grads", grads, False), ("square_avg", square_avg, True),
-                                      ("grad_avg", grad_avg, True), ("momentum_buffer", momentum_buffer, True)):
-            args += self._buffer(array, dtype, name, writable)
-        code = fn(ctypes.byref(self.hp), *args)
+        args = [self._buffer(a, dtype, name, w, n) for name, a, w in (
+            ("params", params, True), ("grads", grads, False), ("square_avg", square_avg, True),
+            ("grad_avg", grad_avg, True), ("momentum_buffer", momentum_buffer, True))]
+        code = fn(self.ctx, ctypes.byref(self.hp), n, *args)
         if code != 0:
-            raise RuntimeError(f"rmsprop_step failed ({code}): {self.lib.rmsprop_last_error_message().decode()}")
+            raise RuntimeError(f"rmsprop_step failed ({code}): {self.message()}")
 
 
 def relative_error(x, e, r, tiny):
@@ -132,8 +155,11 @@ def main():
     # Errors come back as exceptions carrying the library's message; nothing is written.
     before = params.copy()
     try:
-        opt.step(params, np.ascontiguousarray(grads[0][:-1]), state["square_avg"], state["grad_avg"], state["momentum_buffer"])
-        print("FAIL: a length mismatch was accepted")
+        bad = RMSprop(lib, lr=-1.0, momentum=case["momentum"], centered=int(case["centered"]))
+        bad.step(params, np.ascontiguousarray(grads[0]), state["square_avg"],
+                 state["grad_avg"] if case["centered"] else None,
+                 state["momentum_buffer"] if case["momentum"] > 0 else None)
+        print("FAIL: a negative learning rate was accepted")
         failures += 1
     except RuntimeError as e:
         unchanged = np.array_equal(before, params)

@@ -680,29 +680,27 @@ fn check_ptr<T>(
 }
 
 /// No written buffer shares a byte with any other buffer (read-only ones may share). Sorted
-/// sweep: O(n log n) in the number of buffers.
-fn check_overlaps(mut raws: Vec<Raw>) -> Result<(), (i32, String)> {
-    raws.retain(|r| r.len_bytes > 0);
-    raws.sort_by_key(|r| r.start);
-    // The previous buffer reaching furthest, over all buffers and over written ones.
-    let mut any: Option<usize> = None;
-    let mut written: Option<usize> = None;
+/// sweep, in place: O(n log n) in the number of buffers. Empty buffers are skipped.
+fn check_overlaps(raws: &mut [Option<Raw>]) -> Result<(), (i32, String)> {
+    raws.sort_unstable_by_key(|r| r.as_ref().map(|r| r.start));
     let end = |r: &Raw| r.start + r.len_bytes;
-    for i in 0..raws.len() {
-        let r = &raws[i];
-        if let Some(w) = written.filter(|&w| end(&raws[w]) > r.start) {
-            return Err(overlap(&raws[w], r));
+    // The previous buffer reaching furthest, over all buffers and over written ones.
+    let mut any: Option<&Raw> = None;
+    let mut written: Option<&Raw> = None;
+    for r in raws.iter().flatten().filter(|r| r.len_bytes > 0) {
+        if let Some(w) = written.filter(|w| end(w) > r.start) {
+            return Err(overlap(w, r));
         }
         if r.written {
-            if let Some(a) = any.filter(|&a| end(&raws[a]) > r.start) {
-                return Err(overlap(&raws[a], r));
+            if let Some(a) = any.filter(|a| end(a) > r.start) {
+                return Err(overlap(a, r));
             }
         }
-        if any.is_none_or(|a| end(r) > end(&raws[a])) {
-            any = Some(i);
+        if any.is_none_or(|a| end(r) > end(a)) {
+            any = Some(r);
         }
-        if r.written && written.is_none_or(|w| end(r) > end(&raws[w])) {
-            written = Some(i);
+        if r.written && written.is_none_or(|w| end(r) > end(w)) {
+            written = Some(r);
         }
     }
     Ok(())
@@ -758,7 +756,7 @@ unsafe fn entry<P: Copy>(array: *const P, i: usize, null: P) -> P {
 
 // ---------------------------------------------------------------- the steps
 
-/// One validated tensor of a multi-tensor step, as raw parts.
+/// One validated tensor of a step, as raw parts.
 struct Parts<T> {
     hp: Hyperparameters,
     len: usize,
@@ -769,7 +767,147 @@ struct Parts<T> {
     momentum_buffer: *mut T,
 }
 
-/// The body of every step export: checks everything, then runs one dispatch.
+impl<T: Element> Parts<T> {
+    /// Reads and checks one tensor's arguments (nothing is written); its buffers go to `sink`
+    /// for the overlap check.
+    ///
+    /// # Safety
+    /// `hp` is NULL or readable for its `struct_size`.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn check(
+        tensor: Option<usize>,
+        hp: *const RmspropHyperparameters,
+        len: usize,
+        params: *mut T,
+        grads: *const T,
+        square_avg: *mut T,
+        grad_avg: *mut T,
+        momentum_buffer: *mut T,
+        sink: &mut impl FnMut(Raw),
+    ) -> Result<Self, (i32, String)> {
+        let label = |name: &str| match tensor {
+            Some(t) => format!("tensor {t}: {name}"),
+            None => name.to_string(),
+        };
+        // SAFETY: NULL or readable for its struct_size (contract).
+        let hp = unsafe { hyperparameters(hp) }.map_err(|(code, why)| (code, label(&why)))?;
+        sink(check_ptr(tensor, "params", params as *const T, len, true)?);
+        sink(check_ptr(tensor, "grads", grads, len, false)?);
+        sink(check_ptr(tensor, "square_avg", square_avg as *const T, len, true)?);
+        // An absent optional buffer is NULL; a present one has the tensor's length.
+        let (centered, momentum) = hp.uses_state();
+        for (name, ptr, needed, when) in [
+            ("grad_avg", grad_avg, centered, "centered"),
+            ("momentum_buffer", momentum_buffer, momentum, "momentum > 0"),
+        ] {
+            match (needed, ptr.is_null()) {
+                (true, true) if len > 0 => {
+                    return Err((
+                        RMSPROP_ERROR_MISSING_STATE,
+                        format!("{} is NULL; it is required when {when}", label(name)),
+                    ))
+                }
+                (false, false) => {
+                    return Err((
+                        RMSPROP_ERROR_UNEXPECTED_STATE,
+                        format!("{} is given; it is used only when {when}", label(name)),
+                    ))
+                }
+                (true, false) => sink(check_ptr(tensor, name, ptr as *const T, len, true)?),
+                _ => {}
+            }
+        }
+        // Hyperparameter values are checked by the kernel, before it writes.
+        Ok(Parts {
+            hp,
+            len,
+            params,
+            grads,
+            square_avg,
+            grad_avg,
+            momentum_buffer,
+        })
+    }
+
+    /// The checked buffers as slices.
+    ///
+    /// # Safety
+    /// The caller's contract of the step (each non-NULL pointer valid for `len` elements during
+    /// the call), with `check` passed for this tensor and the overlap check for the whole step:
+    /// NULL only with length 0 (or an unused buffer), aligned, sizes in range, and no written
+    /// buffer overlapping any other, so the mutable slices are disjoint and `grads` is only read.
+    unsafe fn slices(&self) -> (&mut [T], &[T], State<'_, T>) {
+        let (centered, momentum) = self.hp.uses_state();
+        // SAFETY (each slice): the function's contract. A needed buffer is NULL only when
+        // `len == 0`, giving an empty slice.
+        unsafe {
+            let mut state = State::new(slice_mut(self.square_avg, self.len));
+            if centered {
+                state = state.with_grad_avg(slice_mut(self.grad_avg, self.len));
+            }
+            if momentum {
+                state = state.with_momentum_buffer(slice_mut(self.momentum_buffer, self.len));
+            }
+            (slice_mut(self.params, self.len), slice(self.grads, self.len), state)
+        }
+    }
+}
+
+/// The body of the single-tensor exports: no allocation on the success path.
+///
+/// # Safety
+/// As documented on [`rmsprop_step_f32`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn step_single<T: Element>(
+    ctx: *mut RmspropContext,
+    hp: *const RmspropHyperparameters,
+    len: usize,
+    params: *mut T,
+    grads: *const T,
+    square_avg: *mut T,
+    grad_avg: *mut T,
+    momentum_buffer: *mut T,
+) -> i32 {
+    // SAFETY: NULL or live (contract).
+    let Some(ctx) = (unsafe { ctx.as_ref() }) else {
+        return RMSPROP_ERROR_NULL_POINTER;
+    };
+    guarded(Some(ctx), || {
+        let mut raws: [Option<Raw>; 5] = Default::default();
+        let mut n = 0;
+        // SAFETY: the caller's contract, forwarded.
+        let checked = unsafe {
+            Parts::check(
+                None,
+                hp,
+                len,
+                params,
+                grads,
+                square_avg,
+                grad_avg,
+                momentum_buffer,
+                &mut |r| {
+                    raws[n] = Some(r);
+                    n += 1;
+                },
+            )
+        };
+        let parts = match checked.and_then(|p| check_overlaps(&mut raws[..n]).map(|()| p)) {
+            Ok(p) => p,
+            Err((code, why)) => return ctx.fail(code, why),
+        };
+        // SAFETY: checked above; the caller's contract.
+        let (params, grads, state) = unsafe { parts.slices() };
+        let hp = parts.hp;
+        ctx.run(len, true, move |kernel| {
+            kernel
+                .step(&hp, params, grads, state)
+                .map_err(|error| StepManyError { tensor: 0, error })
+        })
+    })
+}
+
+/// The body of the multi-tensor exports: checks every tensor, then one dispatch.
 ///
 /// # Safety
 /// As documented on [`rmsprop_step_multi_f32`].
@@ -784,64 +922,39 @@ unsafe fn step_multi<T: Element>(
     square_avg: *const *mut T,
     grad_avg: *const *mut T,
     momentum_buffer: *const *mut T,
-    single: bool,
 ) -> i32 {
     // SAFETY: NULL or live (contract).
     let Some(ctx) = (unsafe { ctx.as_ref() }) else {
         return RMSPROP_ERROR_NULL_POINTER;
     };
     guarded(Some(ctx), || {
-        // SAFETY: the contract of the exports, forwarded.
-        match unsafe {
-            collect::<T>(
-                count,
-                hps,
-                lens,
-                params,
-                grads,
-                square_avg,
-                grad_avg,
-                momentum_buffer,
-                single,
-            )
+        // SAFETY: the caller's contract, forwarded.
+        let parts = match unsafe {
+            collect::<T>(count, hps, lens, params, grads, square_avg, grad_avg, momentum_buffer)
         } {
-            Err((code, why)) => ctx.fail(code, why),
-            Ok(parts) => {
-                let total = parts.iter().map(|p| p.len).sum();
-                let steps: Vec<TensorStep<'_, T>> = parts
-                    .iter()
-                    .map(|p| {
-                        // SAFETY (the five slices): the caller guarantees each non-NULL
-                        // pointer valid for `len` elements during the call; `collect` checked
-                        // NULL only with length 0, alignment, sizes, and that no written
-                        // buffer overlaps any other, so the mutable slices are disjoint and
-                        // `grads` is only read, through shared slices.
-                        // (A needed buffer is NULL only when `len == 0`: an empty slice.)
-                        let (centered, momentum) = p.hp.uses_state();
-                        let mut state = State::new(unsafe { slice_mut(p.square_avg, p.len) });
-                        if centered {
-                            state = state.with_grad_avg(unsafe { slice_mut(p.grad_avg, p.len) });
-                        }
-                        if momentum {
-                            state = state.with_momentum_buffer(unsafe {
-                                slice_mut(p.momentum_buffer, p.len)
-                            });
-                        }
-                        TensorStep {
-                            hyperparameters: &p.hp,
-                            params: unsafe { slice_mut(p.params, p.len) },
-                            grads: unsafe { slice(p.grads, p.len) },
-                            state,
-                        }
-                    })
-                    .collect();
-                ctx.run(total, single, move |kernel| kernel.step_many(steps))
-            }
-        }
+            Ok(parts) => parts,
+            Err((code, why)) => return ctx.fail(code, why),
+        };
+        let total = parts.iter().map(|p| p.len).sum();
+        let steps: Vec<TensorStep<'_, T>> = parts
+            .iter()
+            .map(|p| {
+                // SAFETY: every tensor checked by `collect`, overlaps across all of them too;
+                // the caller's contract.
+                let (params, grads, state) = unsafe { p.slices() };
+                TensorStep {
+                    hyperparameters: &p.hp,
+                    params,
+                    grads,
+                    state,
+                }
+            })
+            .collect();
+        ctx.run(total, false, move |kernel| kernel.step_many(steps))
     })
 }
 
-/// Reads and checks every argument of a step; nothing is written.
+/// Reads and checks every tensor of a multi-tensor step; nothing is written.
 ///
 /// # Safety
 /// As documented on [`rmsprop_step_multi_f32`].
@@ -855,7 +968,6 @@ unsafe fn collect<T: Element>(
     square_avg: *const *mut T,
     grad_avg: *const *mut T,
     momentum_buffer: *const *mut T,
-    single: bool,
 ) -> Result<Vec<Parts<T>>, (i32, String)> {
     if count > 0 {
         for (name, null) in [
@@ -873,9 +985,8 @@ unsafe fn collect<T: Element>(
             }
         }
     }
-    let tensor = |i: usize| (!single).then_some(i);
     let mut parts = Vec::with_capacity(count);
-    let mut raws = Vec::with_capacity(count * 5);
+    let mut raws: Vec<Option<Raw>> = Vec::with_capacity(count * 5);
     for i in 0..count {
         // SAFETY: each array is readable for `count` entries (contract); grad_avg and
         // momentum_buffer may be NULL arrays.
@@ -890,73 +1001,15 @@ unsafe fn collect<T: Element>(
                 entry(momentum_buffer, i, core::ptr::null_mut()),
             )
         };
-        if g.is_null() && !single {
+        if g.is_null() {
             continue; // no gradient this step: the tensor is left untouched, as PyTorch does
         }
-        // SAFETY: NULL or readable for its struct_size (contract).
-        let hp = unsafe { hyperparameters(hp) }.map_err(|(code, why)| match tensor(i) {
-            Some(t) => (code, format!("tensor {t}: {why}")),
-            None => (code, why),
-        })?;
-        raws.push(check_ptr(tensor(i), "params", p as *const T, len, true)?);
-        raws.push(check_ptr(tensor(i), "grads", g, len, false)?);
-        raws.push(check_ptr(
-            tensor(i),
-            "square_avg",
-            v as *const T,
-            len,
-            true,
-        )?);
-        // An absent optional buffer is NULL; its length is the tensor's when present.
-        let (centered, momentum) = hp.uses_state();
-        for (name, ptr, needed) in [("grad_avg", ga, centered), ("momentum_buffer", b, momentum)] {
-            let label = match tensor(i) {
-                Some(t) => format!("tensor {t}: {name}"),
-                None => name.to_string(),
-            };
-            match (needed, ptr.is_null()) {
-                (true, true) if len > 0 => {
-                    return Err((
-                        RMSPROP_ERROR_MISSING_STATE,
-                        format!(
-                            "{label} is NULL; it is required when {}",
-                            if name == "grad_avg" {
-                                "centered"
-                            } else {
-                                "momentum > 0"
-                            }
-                        ),
-                    ))
-                }
-                (false, false) => {
-                    return Err((
-                        RMSPROP_ERROR_UNEXPECTED_STATE,
-                        format!(
-                            "{label} is given; it is used only when {}",
-                            if name == "grad_avg" {
-                                "centered"
-                            } else {
-                                "momentum > 0"
-                            }
-                        ),
-                    ))
-                }
-                (true, false) => raws.push(check_ptr(tensor(i), name, ptr as *const T, len, true)?),
-                _ => {}
-            }
-        }
-        parts.push(Parts {
-            hp,
-            len,
-            params: p,
-            grads: g,
-            square_avg: v,
-            grad_avg: ga,
-            momentum_buffer: b,
+        // SAFETY: the caller's contract, forwarded.
+        parts.push(unsafe {
+            Parts::check(Some(i), hp, len, p, g, v, ga, b, &mut |r| raws.push(Some(r)))?
         });
     }
-    check_overlaps(raws)?;
-    // Hyperparameter values (and the state rules) are checked by the kernel, before it writes.
+    check_overlaps(&mut raws)?;
     Ok(parts)
 }
 
@@ -990,19 +1043,17 @@ macro_rules! step_exports {
             grad_avg: *mut $t,
             momentum_buffer: *mut $t,
         ) -> i32 {
-            // SAFETY: the locals live for the call; the rest is the caller's contract.
+            // SAFETY: the caller's contract, forwarded.
             unsafe {
-                step_multi::<$t>(
+                step_single::<$t>(
                     ctx,
-                    1,
-                    &hp,
-                    &len,
-                    &params,
-                    &grads,
-                    &square_avg,
-                    &grad_avg,
-                    &momentum_buffer,
-                    true,
+                    hp,
+                    len,
+                    params,
+                    grads,
+                    square_avg,
+                    grad_avg,
+                    momentum_buffer,
                 )
             }
         }
@@ -1049,7 +1100,6 @@ macro_rules! step_exports {
                     square_avg,
                     grad_avg,
                     momentum_buffer,
-                    false,
                 )
             }
         }
