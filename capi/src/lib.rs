@@ -793,7 +793,13 @@ impl<T: Element> Parts<T> {
         let hp = unsafe { hyperparameters(hp) }.map_err(|(code, why)| (code, label(&why)))?;
         sink(check_ptr(tensor, "params", params as *const T, len, true)?);
         sink(check_ptr(tensor, "grads", grads, len, false)?);
-        sink(check_ptr(tensor, "square_avg", square_avg as *const T, len, true)?);
+        sink(check_ptr(
+            tensor,
+            "square_avg",
+            square_avg as *const T,
+            len,
+            true,
+        )?);
         // An absent optional buffer is NULL; a present one has the tensor's length.
         let (centered, momentum) = hp.uses_state();
         for (name, ptr, needed, when) in [
@@ -836,7 +842,7 @@ impl<T: Element> Parts<T> {
     /// the call), with `check` passed for this tensor and the overlap check for the whole step:
     /// NULL only with length 0 (or an unused buffer), aligned, sizes in range, and no written
     /// buffer overlapping any other, so the mutable slices are disjoint and `grads` is only read.
-    unsafe fn slices(&self) -> (&mut [T], &[T], State<'_, T>) {
+    unsafe fn slices<'a>(&self) -> (&'a mut [T], &'a [T], State<'a, T>) {
         let (centered, momentum) = self.hp.uses_state();
         // SAFETY (each slice): the function's contract. A needed buffer is NULL only when
         // `len == 0`, giving an empty slice.
@@ -848,7 +854,11 @@ impl<T: Element> Parts<T> {
             if momentum {
                 state = state.with_momentum_buffer(slice_mut(self.momentum_buffer, self.len));
             }
-            (slice_mut(self.params, self.len), slice(self.grads, self.len), state)
+            (
+                slice_mut(self.params, self.len),
+                slice(self.grads, self.len),
+                state,
+            )
         }
     }
 }
@@ -930,7 +940,16 @@ unsafe fn step_multi<T: Element>(
     guarded(Some(ctx), || {
         // SAFETY: the caller's contract, forwarded.
         let parts = match unsafe {
-            collect::<T>(count, hps, lens, params, grads, square_avg, grad_avg, momentum_buffer)
+            collect::<T>(
+                count,
+                hps,
+                lens,
+                params,
+                grads,
+                square_avg,
+                grad_avg,
+                momentum_buffer,
+            )
         } {
             Ok(parts) => parts,
             Err((code, why)) => return ctx.fail(code, why),
@@ -1006,7 +1025,9 @@ unsafe fn collect<T: Element>(
         }
         // SAFETY: the caller's contract, forwarded.
         parts.push(unsafe {
-            Parts::check(Some(i), hp, len, p, g, v, ga, b, &mut |r| raws.push(Some(r)))?
+            Parts::check(Some(i), hp, len, p, g, v, ga, b, &mut |r| {
+                raws.push(Some(r))
+            })?
         });
     }
     check_overlaps(&mut raws)?;

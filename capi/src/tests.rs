@@ -240,7 +240,7 @@ fn errors_name_the_tensor_and_write_nothing() {
 fn shared_read_only_gradients_are_allowed() {
     let ctx = context(1, 0);
     let h = hp(0.0, false);
-    let g = vec![0.5f32; 16];
+    let g = [0.5f32; 16];
     let (mut a, mut b) = (vec![1.0f32; 16], vec![1.0f32; 16]);
     let (mut va, mut vb) = (vec![0.0f32; 16], vec![0.0f32; 16]);
     let hps = [&h as *const _, &h as *const _];
