@@ -1,6 +1,8 @@
 //! The threading policy: multi-tensor steps equal per-tensor steps, and parallel tasks run under
 //! the caller's floating-point environment (FTZ/DAZ), so parallel equals serial bit for bit.
 
+#![cfg(feature = "rayon")]
+
 use rmsprop_simd::{reference, Backend, Hyperparameters, Kernel, State, TensorStep, Threading};
 use rmsprop_simd_support::backends::{assert_bitwise, Buffers};
 use rmsprop_simd_support::rng::{seeded, uniform_f32};
