@@ -1,0 +1,473 @@
+//! `rmsprop_simd._native`: the fused RMSprop step on numpy arrays, in place, one call per
+//! parameter group, with the GIL released during the step. The Python package re-exports
+//! [`step`] and [`step_many`]; `rmsprop_simd.torch.RMSprop` calls [`step_many`] with numpy views
+//! of its tensors.
+//!
+//! Every argument is checked before anything is written: dtype (float32 or float64, the same
+//! for every array of a call), C-contiguity, writability, lengths, and aliasing (rust-numpy's
+//! borrow checker refuses two writable views of overlapping memory). Bad input raises
+//! `TypeError` (types, dtypes) or `ValueError` (everything else) with the crate's message.
+
+use numpy::{
+    Element as NpElement, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyReadwriteArrayDyn,
+    PyUntypedArrayMethods,
+};
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyList;
+use rmsprop_simd::{run_in_pool, Element, Hyperparameters, Kernel, State, TensorStep, Threading};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// Pools by thread count, shared by every call of this process; rebuilt after a fork (the
+/// parent's threads do not exist in a child: Python's multiprocessing and DataLoader fork).
+struct Pools {
+    pid: u32,
+    pools: HashMap<usize, Arc<rayon::ThreadPool>>,
+}
+
+static POOLS: Mutex<Option<Pools>> = Mutex::new(None);
+
+fn pool(threads: usize) -> PyResult<Arc<rayon::ThreadPool>> {
+    let mut guard = POOLS.lock().unwrap_or_else(|p| p.into_inner());
+    let pid = std::process::id();
+    let pools = guard.get_or_insert_with(|| Pools {
+        pid,
+        pools: HashMap::new(),
+    });
+    if pools.pid != pid {
+        // The parent's pools: leak them (dropping would signal threads that are gone).
+        for (_, p) in pools.pools.drain() {
+            core::mem::forget(p);
+        }
+        pools.pid = pid;
+    }
+    if let Some(p) = pools.pools.get(&threads) {
+        return Ok(p.clone());
+    }
+    let p = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("rmsprop-simd-{i}"))
+        .build()
+        .map_err(|e| {
+            PyValueError::new_err(format!("cannot create a pool of {threads} threads: {e}"))
+        })?;
+    let p = Arc::new(p);
+    pools.pools.insert(threads, p.clone());
+    Ok(p)
+}
+
+fn threads_or_default(num_threads: Option<usize>) -> PyResult<usize> {
+    match num_threads {
+        Some(0) => Err(PyValueError::new_err("num_threads must be at least 1")),
+        Some(n) => Ok(n),
+        None => Ok(std::thread::available_parallelism().map_or(1, |n| n.get())),
+    }
+}
+
+fn dtype_name(obj: &Bound<'_, PyAny>) -> String {
+    obj.getattr("dtype")
+        .and_then(|d| d.str().map(|s| s.to_string()))
+        .unwrap_or_else(|_| {
+            obj.get_type()
+                .name()
+                .map(|n| n.to_string())
+                .unwrap_or_else(|_| "?".into())
+        })
+}
+
+/// The arrays of one tensor, borrowed (writable where written) for the duration of a step.
+struct Borrowed<'py, T: NpElement> {
+    params: PyReadwriteArrayDyn<'py, T>,
+    grads: PyReadonlyArrayDyn<'py, T>,
+    square_avg: PyReadwriteArrayDyn<'py, T>,
+    grad_avg: Option<PyReadwriteArrayDyn<'py, T>>,
+    momentum_buffer: Option<PyReadwriteArrayDyn<'py, T>>,
+}
+
+fn array<'py, T: NpElement>(
+    obj: &Bound<'py, PyAny>,
+    name: &str,
+    expected: &str,
+) -> PyResult<Bound<'py, PyArrayDyn<T>>> {
+    let arr = obj.cast::<PyArrayDyn<T>>().map_err(|_| {
+        PyTypeError::new_err(format!(
+            "{name} must be a numpy array of {expected} (the dtype of params), got {}",
+            dtype_name(obj)
+        ))
+    })?;
+    if !arr.is_c_contiguous() {
+        return Err(PyValueError::new_err(format!(
+            "{name} must be C-contiguous (use numpy.ascontiguousarray, then copy the result back)"
+        )));
+    }
+    Ok(arr.clone())
+}
+
+fn writable<'py, T: NpElement>(
+    obj: &Bound<'py, PyAny>,
+    name: &str,
+    expected: &str,
+) -> PyResult<PyReadwriteArrayDyn<'py, T>> {
+    array::<T>(obj, name, expected)?.try_readwrite().map_err(|e| {
+        PyValueError::new_err(format!(
+            "{name} cannot be written: {e} (read-only, or sharing memory with another buffer of this call)"
+        ))
+    })
+}
+
+fn readonly<'py, T: NpElement>(
+    obj: &Bound<'py, PyAny>,
+    name: &str,
+    expected: &str,
+) -> PyResult<PyReadonlyArrayDyn<'py, T>> {
+    array::<T>(obj, name, expected)?
+        .try_readonly()
+        .map_err(|e| {
+            PyValueError::new_err(format!(
+                "{name} cannot be read: {e} (it shares memory with a buffer this call writes)"
+            ))
+        })
+}
+
+/// The lists of a group: entry `i` of each list, `None` entries allowed where noted.
+struct Lists<'py> {
+    params: Vec<Bound<'py, PyAny>>,
+    grads: Vec<Option<Bound<'py, PyAny>>>,
+    square_avgs: Vec<Bound<'py, PyAny>>,
+    grad_avgs: Option<Vec<Option<Bound<'py, PyAny>>>>,
+    momentum_buffers: Option<Vec<Option<Bound<'py, PyAny>>>>,
+}
+
+fn list<'py>(obj: &Bound<'py, PyAny>, name: &str) -> PyResult<Vec<Bound<'py, PyAny>>> {
+    let l = obj
+        .cast::<PyList>()
+        .map_err(|_| PyTypeError::new_err(format!("{name} must be a list of numpy arrays")))?;
+    Ok(l.iter().collect())
+}
+
+fn optional_list<'py>(
+    obj: Option<&Bound<'py, PyAny>>,
+    name: &str,
+    n: usize,
+) -> PyResult<Option<Vec<Option<Bound<'py, PyAny>>>>> {
+    let Some(obj) = obj.filter(|o| !o.is_none()) else {
+        return Ok(None);
+    };
+    let items = list(obj, name)?;
+    if items.len() != n {
+        return Err(PyValueError::new_err(format!(
+            "{name} has {} entries, params has {n}",
+            items.len()
+        )));
+    }
+    Ok(Some(
+        items
+            .into_iter()
+            .map(|x| (!x.is_none()).then_some(x))
+            .collect(),
+    ))
+}
+
+/// Borrows every array of every tensor that has a gradient (checking types, dtypes,
+/// contiguity, writability and aliasing), then steps them all in one dispatch without the GIL.
+fn run<'py, T: NpElement + Element>(
+    py: Python<'py>,
+    lists: &Lists<'py>,
+    hp: &Hyperparameters,
+    threads: usize,
+    single: bool,
+) -> PyResult<()> {
+    let expected = if T::NAME == "f32" {
+        "float32"
+    } else {
+        "float64"
+    };
+    let label = |what: &str, i: usize| {
+        if single {
+            what.to_string()
+        } else {
+            format!("{what}[{i}]")
+        }
+    };
+    let (centered, momentum) = hp.uses_state();
+    let mut borrowed: Vec<Borrowed<'py, T>> = Vec::with_capacity(lists.params.len());
+    for i in 0..lists.params.len() {
+        let Some(g) = &lists.grads[i] else {
+            continue; // no gradient: the tensor is left untouched
+        };
+        let optional =
+            |l: &Option<Vec<Option<Bound<'py, PyAny>>>>, name: &str, needed: bool, when: &str| {
+                let entry = l.as_ref().and_then(|l| l[i].clone());
+                match (needed, entry) {
+                    (true, None) => Err(PyValueError::new_err(format!(
+                        "{} is missing: it is required when {when}",
+                        label(name, i)
+                    ))),
+                    (false, Some(_)) => Err(PyValueError::new_err(format!(
+                        "{} is given, but it is used only when {when}",
+                        label(name, i)
+                    ))),
+                    (_, entry) => Ok(entry),
+                }
+            };
+        let ga = optional(&lists.grad_avgs, "grad_avg", centered, "centered=True")?;
+        let b = optional(
+            &lists.momentum_buffers,
+            "momentum_buffer",
+            momentum,
+            "momentum > 0",
+        )?;
+        borrowed.push(Borrowed {
+            params: writable::<T>(&lists.params[i], &label("params", i), expected)?,
+            grads: readonly::<T>(g, &label("grads", i), expected)?,
+            square_avg: writable::<T>(&lists.square_avgs[i], &label("square_avg", i), expected)?,
+            grad_avg: ga
+                .map(|a| writable::<T>(&a, &label("grad_avg", i), expected))
+                .transpose()?,
+            momentum_buffer: b
+                .map(|a| writable::<T>(&a, &label("momentum_buffer", i), expected))
+                .transpose()?,
+        });
+    }
+    let mut steps = Vec::with_capacity(borrowed.len());
+    let mut total = 0usize;
+    for b in borrowed.iter_mut() {
+        let contiguous = |_| PyValueError::new_err("arrays must be C-contiguous");
+        let mut state = State::new(b.square_avg.as_slice_mut().map_err(contiguous)?);
+        if let Some(ga) = b.grad_avg.as_mut() {
+            state = state.with_grad_avg(ga.as_slice_mut().map_err(contiguous)?);
+        }
+        if let Some(m) = b.momentum_buffer.as_mut() {
+            state = state.with_momentum_buffer(m.as_slice_mut().map_err(contiguous)?);
+        }
+        let params = b.params.as_slice_mut().map_err(contiguous)?;
+        total += params.len();
+        steps.push(TensorStep {
+            hyperparameters: hp,
+            params,
+            grads: b.grads.as_slice().map_err(contiguous)?,
+            state,
+        });
+    }
+    let kernel = Kernel::new();
+    let result = if threads <= 1 || total < kernel.parallel_min_len() {
+        py.detach(|| kernel.with_threading(Threading::Serial).step_many(steps))
+    } else {
+        let pool = pool(threads)?;
+        py.detach(|| run_in_pool(&pool, || kernel.step_many(steps)))
+    };
+    result.map_err(|e| {
+        let message = if single {
+            e.error.to_string()
+        } else {
+            format!("tensor {}: {}", e.tensor, e.error)
+        };
+        PyValueError::new_err(message)
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn dispatch<'py>(
+    py: Python<'py>,
+    lists: Lists<'py>,
+    lr: f64,
+    alpha: f64,
+    eps: f64,
+    weight_decay: f64,
+    momentum: f64,
+    centered: bool,
+    maximize: bool,
+    num_threads: Option<usize>,
+    single: bool,
+) -> PyResult<()> {
+    let n = lists.params.len();
+    for (name, len) in [
+        ("grads", lists.grads.len()),
+        ("square_avgs", lists.square_avgs.len()),
+    ] {
+        if len != n {
+            return Err(PyValueError::new_err(format!(
+                "{name} has {len} entries, params has {n}"
+            )));
+        }
+    }
+    let hp = Hyperparameters {
+        lr,
+        alpha,
+        eps,
+        weight_decay,
+        momentum,
+        centered,
+        maximize,
+    };
+    let threads = threads_or_default(num_threads)?;
+    let Some(first) = lists.params.first() else {
+        return Ok(());
+    };
+    if first.cast::<PyArrayDyn<f32>>().is_ok() {
+        run::<f32>(py, &lists, &hp, threads, single)
+    } else if first.cast::<PyArrayDyn<f64>>().is_ok() {
+        run::<f64>(py, &lists, &hp, threads, single)
+    } else {
+        Err(PyTypeError::new_err(format!(
+            "{} must be a numpy array of float32 or float64, got {}",
+            if single { "params" } else { "params[0]" },
+            dtype_name(first)
+        )))
+    }
+}
+
+/// One RMSprop step (PyTorch's arithmetic) on numpy arrays, in place.
+///
+/// params, square_avg (and grad_avg when centered, momentum_buffer when momentum > 0) are
+/// updated; grads is only read. Every array: C-contiguous, the same dtype (float32 or float64)
+/// and the same number of elements. num_threads: None for every core, 1 for the calling thread.
+#[pyfunction]
+#[pyo3(signature = (params, grads, square_avg, grad_avg=None, momentum_buffer=None, *, lr, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=false, maximize=false, num_threads=None))]
+#[allow(clippy::too_many_arguments)]
+fn step<'py>(
+    py: Python<'py>,
+    params: Bound<'py, PyAny>,
+    grads: Bound<'py, PyAny>,
+    square_avg: Bound<'py, PyAny>,
+    grad_avg: Option<Bound<'py, PyAny>>,
+    momentum_buffer: Option<Bound<'py, PyAny>>,
+    lr: f64,
+    alpha: f64,
+    eps: f64,
+    weight_decay: f64,
+    momentum: f64,
+    centered: bool,
+    maximize: bool,
+    num_threads: Option<usize>,
+) -> PyResult<()> {
+    let one = |x: Option<Bound<'py, PyAny>>| Some(vec![x.filter(|x| !x.is_none())]);
+    let lists = Lists {
+        params: vec![params],
+        grads: vec![Some(grads)],
+        square_avgs: vec![square_avg],
+        grad_avgs: one(grad_avg),
+        momentum_buffers: one(momentum_buffer),
+    };
+    dispatch(
+        py,
+        lists,
+        lr,
+        alpha,
+        eps,
+        weight_decay,
+        momentum,
+        centered,
+        maximize,
+        num_threads,
+        true,
+    )
+}
+
+/// One RMSprop step over many tensors that share hyperparameters (a parameter group), in one
+/// call: the work is balanced across threads (large tensors cut, small ones batched).
+///
+/// Lists of numpy arrays; a None gradient leaves its tensor untouched. grad_avgs /
+/// momentum_buffers may be None when unused, and may hold None for tensors without a gradient.
+#[pyfunction]
+#[pyo3(signature = (params, grads, square_avgs, grad_avgs=None, momentum_buffers=None, *, lr, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=false, maximize=false, num_threads=None))]
+#[allow(clippy::too_many_arguments)]
+fn step_many<'py>(
+    py: Python<'py>,
+    params: Bound<'py, PyAny>,
+    grads: Bound<'py, PyAny>,
+    square_avgs: Bound<'py, PyAny>,
+    grad_avgs: Option<Bound<'py, PyAny>>,
+    momentum_buffers: Option<Bound<'py, PyAny>>,
+    lr: f64,
+    alpha: f64,
+    eps: f64,
+    weight_decay: f64,
+    momentum: f64,
+    centered: bool,
+    maximize: bool,
+    num_threads: Option<usize>,
+) -> PyResult<()> {
+    let params = list(&params, "params")?;
+    let n = params.len();
+    let grads = list(&grads, "grads")?
+        .into_iter()
+        .map(|g| (!g.is_none()).then_some(g))
+        .collect();
+    let lists = Lists {
+        params,
+        grads,
+        square_avgs: list(&square_avgs, "square_avgs")?,
+        grad_avgs: optional_list(grad_avgs.as_ref(), "grad_avgs", n)?,
+        momentum_buffers: optional_list(momentum_buffers.as_ref(), "momentum_buffers", n)?,
+    };
+    dispatch(
+        py,
+        lists,
+        lr,
+        alpha,
+        eps,
+        weight_decay,
+        momentum,
+        centered,
+        maximize,
+        num_threads,
+        false,
+    )
+}
+
+/// Checks hyperparameters as a step on `dtype` ("float32" or "float64") would, without
+/// stepping anything: raises ValueError with the crate's message if they are invalid.
+#[pyfunction]
+#[pyo3(signature = (dtype, *, lr, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0))]
+fn check_hyperparameters(
+    dtype: &str,
+    lr: f64,
+    alpha: f64,
+    eps: f64,
+    weight_decay: f64,
+    momentum: f64,
+) -> PyResult<()> {
+    let hp = Hyperparameters {
+        lr,
+        alpha,
+        eps,
+        weight_decay,
+        momentum,
+        ..Default::default()
+    };
+    let result = match dtype {
+        "float32" => rmsprop_simd::Coefficients::<f32>::new(&hp).map(|_| ()),
+        "float64" => rmsprop_simd::Coefficients::<f64>::new(&hp).map(|_| ()),
+        other => {
+            return Err(PyTypeError::new_err(format!(
+                "dtype must be \"float32\" or \"float64\", got {other:?}"
+            )))
+        }
+    };
+    result.map_err(|e| PyValueError::new_err(e.to_string()))
+}
+
+/// The backend the step runs on (`avx512`, `avx2-fma`, `neon` or `scalar`).
+#[pyfunction]
+fn backend() -> String {
+    Kernel::new().backend().to_string()
+}
+
+/// Steps of fewer elements (summed over a group) run on the calling thread.
+#[pyfunction]
+fn parallel_min_len() -> usize {
+    Kernel::new().parallel_min_len()
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(step, m)?)?;
+    m.add_function(wrap_pyfunction!(step_many, m)?)?;
+    m.add_function(wrap_pyfunction!(backend, m)?)?;
+    m.add_function(wrap_pyfunction!(check_hyperparameters, m)?)?;
+    m.add_function(wrap_pyfunction!(parallel_min_len, m)?)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}
