@@ -66,7 +66,7 @@ pub use optimizer::{OptimizerError, ParamGroup, RmsProp, TensorState};
 pub use backend::{Backend, BackendKind};
 pub use element::Element;
 pub use error::{Buffer, Error};
-pub use hyper::{Coefficients, Hyperparameters};
+pub use hyper::{Coefficients, Hyperparameters, KerasOptions, OptaxOptions, Rule, Semantics};
 #[cfg(feature = "rayon")]
 pub use threading::run_in_pool;
 pub use threading::{Threading, CHUNK_ALIGN, PARALLEL_MIN_LEN};

@@ -136,6 +136,14 @@ impl std::error::Error for OptimizerError {
     }
 }
 
+/// The value a tensor's `square_avg` starts from: optax's `initial_scale`, else 0.
+pub(crate) fn initial_square_avg(hp: &Hyperparameters) -> f64 {
+    match hp.semantics {
+        crate::Semantics::Optax(o) => o.initial_scale,
+        _ => 0.0,
+    }
+}
+
 /// The element count of each shape, or [`OptimizerError::ShapeOverflow`].
 fn element_counts(shapes: &[Vec<usize>]) -> Result<Vec<usize>, OptimizerError> {
     shapes
@@ -326,7 +334,10 @@ impl<T: Element> RmsProp<T> {
                 });
             }
         }
-        let coeffs = coefficients::<T>(&self.groups)?;
+        coefficients::<T>(&self.groups)?;
+        // The coefficients of each tensor with a gradient: its group's, with the number of
+        // this step (optax's bias correction reads it). All checked before anything is written.
+        let mut coeffs = Vec::new();
         for (i, (p, g)) in params.iter().zip(grads).enumerate() {
             if let Some(g) = g {
                 for (buffer, len) in [(Buffer::Params, p.len()), (Buffer::Grads, g.len())] {
@@ -339,6 +350,16 @@ impl<T: Element> RmsProp<T> {
                         });
                     }
                 }
+                let group = self.group_of[i];
+                let step = self.state[i].as_ref().map_or(0, |s| s.step) + 1;
+                let hp = Hyperparameters {
+                    step,
+                    ..self.groups[group].hyperparameters
+                };
+                coeffs.push(
+                    Coefficients::new(&hp)
+                        .map_err(|error| OptimizerError::InvalidHyperparameter { group, error })?,
+                );
             }
         }
         // Everything is valid: from here on nothing can fail.
@@ -351,11 +372,12 @@ impl<T: Element> RmsProp<T> {
         {
             let Some(g) = g else { continue };
             let group = self.group_of[i];
-            let (centered, momentum) = self.groups[group].hyperparameters.uses_state();
+            let hp = &self.groups[group].hyperparameters;
+            let (centered, momentum) = hp.uses_state();
             let len = self.lens[i];
             let st = state.get_or_insert_with(|| TensorState {
                 step: 0,
-                square_avg: vec![T::default(); len],
+                square_avg: vec![T::from_f64(initial_square_avg(hp)); len],
                 grad_avg: None,
                 momentum_buffer: None,
             });
@@ -383,7 +405,8 @@ impl<T: Element> RmsProp<T> {
                 grad_avg,
                 momentum_buffer,
             };
-            pieces.push((group, bufs));
+            // piece k uses coeffs[k]: one per tensor with a gradient, in order
+            pieces.push((pieces.len(), bufs));
         }
         crate::threading::run_many(&self.kernel, &coeffs, pieces);
         Ok(())

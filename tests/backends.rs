@@ -4,7 +4,10 @@
 use rmsprop_simd_support::backends as support;
 
 use proptest::prelude::*;
-use rmsprop_simd::{Backend, BackendKind, Element, Hyperparameters, Kernel, Threading};
+use rmsprop_simd::{
+    Backend, BackendKind, Element, Hyperparameters, Kernel, KerasOptions, OptaxOptions, Semantics,
+    Threading,
+};
 use support::{backend_or_skip, check_against_reference, kernels_for, Buffers};
 
 /// Values that break naive SIMD code: signed zeros, infinities, NaN, subnormals, extremes.
@@ -95,7 +98,9 @@ impl Inputs {
     }
 }
 
-/// All 16 combinations of the four switches, with ordinary values.
+/// Every specialisation of the kernel, with ordinary values: PyTorch's 16 combinations of its
+/// four switches, optax's 32 (centered, momentum, nesterov, eps_in_sqrt, bias_correction; at
+/// step 3), Keras's 8 (centered, momentum, weight decay).
 fn variants() -> Vec<Hyperparameters> {
     let mut out = Vec::new();
     for bits in 0..16u32 {
@@ -107,9 +112,42 @@ fn variants() -> Vec<Hyperparameters> {
             momentum: if bits & 2 != 0 { 0.9 } else { 0.0 },
             centered: bits & 4 != 0,
             maximize: bits & 8 != 0,
+            ..Default::default()
+        });
+    }
+    for bits in 0..32u32 {
+        out.push(Hyperparameters {
+            momentum: if bits & 2 != 0 { 0.9 } else { 0.0 },
+            centered: bits & 1 != 0,
+            semantics: Semantics::Optax(OptaxOptions {
+                initial_scale: 0.0,
+                nesterov: bits & 4 != 0,
+                eps_in_sqrt: bits & 8 != 0,
+                bias_correction: bits & 16 != 0,
+            }),
+            step: 3,
+            ..Hyperparameters::optax(0.01)
+        });
+    }
+    for bits in 0..8u32 {
+        out.push(Hyperparameters {
+            centered: bits & 1 != 0,
+            momentum: if bits & 2 != 0 { 0.9 } else { 0.0 },
+            weight_decay: if bits & 4 != 0 { 0.05 } else { 0.0 },
+            ..Hyperparameters::keras()
         });
     }
     out
+}
+
+/// Under miri, a subset: each rule with every switch off and every switch on.
+fn miri_variants() -> Vec<Hyperparameters> {
+    let all = variants();
+    if cfg!(miri) {
+        [0, 15, 16, 47, 48, 55].into_iter().map(|i| all[i]).collect()
+    } else {
+        all
+    }
 }
 
 /// Lengths 0..=70 and both sides of 64, 128, 256 and 4096.
@@ -140,6 +178,7 @@ fn small_cases<T: TestFloat>(kind: BackendKind, test: &str) {
         return;
     };
     let mut rng = Inputs::new(0x5EED ^ kind as u64);
+    let variants = miri_variants;
     for kernel in kernels_for(backend) {
         for hp in variants() {
             for len in [0, 1, 2, 3, 5, 8, 9, 17, 130] {
@@ -195,6 +234,54 @@ fn edge_hyperparameters<T: TestFloat>(kind: BackendKind, test: &str) {
             weight_decay: 1e30,
             momentum: 1e30,
             ..Default::default()
+        },
+        // optax: decay 1 with bias correction divides by 1 - 1 = 0
+        Hyperparameters {
+            alpha: 1.0,
+            momentum: 0.9,
+            semantics: Semantics::Optax(OptaxOptions {
+                bias_correction: true,
+                nesterov: true,
+                ..Default::default()
+            }),
+            step: 1,
+            ..Hyperparameters::optax(0.1)
+        },
+        Hyperparameters {
+            eps: 0.0,
+            alpha: 0.0,
+            semantics: Semantics::Optax(OptaxOptions {
+                eps_in_sqrt: false,
+                ..Default::default()
+            }),
+            ..Hyperparameters::optax(1e-3)
+        },
+        Hyperparameters {
+            alpha: 0.999,
+            step: 1_000_000,
+            semantics: Semantics::Optax(OptaxOptions {
+                bias_correction: true,
+                initial_scale: 1.0,
+                ..Default::default()
+            }),
+            ..Hyperparameters::optax(1e-2)
+        },
+        // Keras: a learning rate rounded through f32 or not, rho 0 and 1, huge decay
+        Hyperparameters {
+            lr: 0.1,
+            alpha: 0.0,
+            weight_decay: 1e30,
+            momentum: 0.5,
+            ..Hyperparameters::keras()
+        },
+        Hyperparameters {
+            lr: 1e-3 / 3.0,
+            alpha: 1.0,
+            eps: 0.0,
+            semantics: Semantics::Keras(KerasOptions {
+                lr_through_f32: false,
+            }),
+            ..Hyperparameters::keras()
         },
     ];
     for kernel in kernels_for(backend) {
@@ -252,8 +339,8 @@ macro_rules! backend_tests {
         mod $module {
             use super::*;
 
-            /// Short buffers (vector tails, one or two parallel chunks), all 16 variants: small
-            /// enough to run under miri.
+            /// Short buffers (vector tails, one or two parallel chunks), every variant (a subset
+            /// under miri).
             #[test]
             fn small_cases_all_variants() {
                 small_cases::<f32>($kind, module_path!());
@@ -351,6 +438,18 @@ fn unit_or_edge() -> impl Strategy<Value = f64> {
 }
 
 fn case_strategy() -> impl Strategy<Value = Case> {
+    let semantics = prop_oneof![
+        Just(Semantics::PyTorch),
+        (any::<bool>(), any::<bool>(), any::<bool>()).prop_map(|(e, n, b)| Semantics::Optax(
+            OptaxOptions {
+                initial_scale: 0.0,
+                eps_in_sqrt: e,
+                nesterov: n,
+                bias_correction: b,
+            }
+        )),
+        any::<bool>().prop_map(|f| Semantics::Keras(KerasOptions { lr_through_f32: f })),
+    ];
     let hp = (
         unit_or_edge(),                                                  // lr
         prop_oneof![Just(0.99), Just(0.3), unit_or_edge(), 1.0..2.0f64], // alpha
@@ -359,16 +458,25 @@ fn case_strategy() -> impl Strategy<Value = Case> {
         prop_oneof![Just(0.0), Just(0.9), unit_or_edge()],               // momentum
         any::<bool>(),
         any::<bool>(),
+        semantics,
+        1u64..200,
     )
         .prop_map(
-            |(lr, alpha, eps, weight_decay, momentum, centered, maximize)| Hyperparameters {
-                lr,
-                alpha,
-                eps,
-                weight_decay,
-                momentum,
-                centered,
-                maximize,
+            |(lr, alpha, eps, weight_decay, momentum, centered, maximize, semantics, step)| {
+                let pytorch = semantics == Semantics::PyTorch;
+                let optax = matches!(semantics, Semantics::Optax(_));
+                Hyperparameters {
+                    lr,
+                    alpha,
+                    eps,
+                    // optax's rmsprop has no weight decay; only PyTorch maximizes
+                    weight_decay: if optax { 0.0 } else { weight_decay },
+                    momentum,
+                    centered,
+                    maximize: maximize && pytorch,
+                    semantics,
+                    step,
+                }
             },
         );
     let len = prop_oneof![

@@ -1,5 +1,5 @@
-//! The PyTorch 2.15 golden set (copied into `tests/golden/torch-2.15/`) on every backend, serial
-//! and parallel, with the comparison rule of `tests/golden/README.md`.
+//! The golden sets copied into `tests/golden/` (PyTorch 2.15; optax 0.2.8 and Keras 3.15.1) on
+//! every backend, serial and parallel, with the comparison rule of `tests/golden/README.md`.
 
 use rmsprop_simd_support::backends as support;
 
@@ -8,16 +8,25 @@ use rmsprop_simd_support::golden::{run_case_any, GoldenSet};
 use std::path::PathBuf;
 use support::{backend_or_skip, kernels_for};
 
-fn golden_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/torch-2.15")
+/// Each copied set and its number of cases.
+const SETS: [(&str, usize); 2] = [("torch-2.15", 40), ("optax-0.2.8-keras-3.15", 20)];
+
+fn golden_dir(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name)
 }
 
 fn check_backend(kind: BackendKind, test: &str) {
+    for (name, count) in SETS {
+        check_set(kind, test, name, count);
+    }
+}
+
+fn check_set(kind: BackendKind, test: &str, name: &str, count: usize) {
     let Some(backend) = backend_or_skip(kind, test) else {
         return;
     };
-    let set = GoldenSet::load(&golden_dir()).unwrap_or_else(|e| panic!("golden set: {e}"));
-    assert_eq!(set.cases.len(), 40, "the copied set has 40 cases");
+    let set = GoldenSet::load(&golden_dir(name)).unwrap_or_else(|e| panic!("golden set: {e}"));
+    assert_eq!(set.cases.len(), count, "the copied set {name} has {count} cases");
     let mut failures = Vec::new();
     let mut worst = 0.0f64;
     for kernel in kernels_for(backend) {
@@ -46,7 +55,7 @@ fn check_backend(kind: BackendKind, test: &str) {
         }
     }
     eprintln!(
-        "{test}: {} cases x serial/parallel, worst error {:.3} x tolerance",
+        "{test}: {name}: {} cases x serial/parallel, worst error {:.3} x tolerance",
         set.cases.len(),
         worst
     );
@@ -106,7 +115,7 @@ fn comparison_rule_rejects_wrong_results() {
 #[test]
 #[cfg_attr(miri, ignore = "file I/O and 1.6M element-steps: too slow under miri")]
 fn golden_set_detects_wrong_semantics() {
-    let set = GoldenSet::load(&golden_dir()).unwrap();
+    let set = GoldenSet::load(&golden_dir("torch-2.15")).unwrap();
     let case = set
         .cases
         .iter()

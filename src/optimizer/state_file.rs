@@ -11,7 +11,11 @@
 //! "momentum", "centered", "maximize", "params"}` objects, plus any of PyTorch's scheduler keys
 //! ([`SCHEDULER_KEYS`], kept and written back) and `foreach` / `capturable` / `differentiable`
 //! (accepted, not kept: they do not change CPU results), stored in the file's metadata under
-//! `param_groups` (or given beside the file).
+//! `param_groups` (or given beside the file). A group with optax's or Keras's semantics adds
+//! `"semantics": "optax"` with `initial_scale`, `eps_in_sqrt`, `nesterov`, `bias_correction`,
+//! or `"semantics": "keras"` with `lr_through_f32`, so a resumed run continues with the same
+//! arithmetic (and optax's bias correction with each tensor's saved step count); PyTorch groups
+//! carry none of these keys.
 //!
 //! # What loading refuses
 //! Anything that could be read two ways: a duplicate key in any JSON object (the header, its
@@ -26,7 +30,7 @@
 //! (8-byte dtypes first, so every tensor stays aligned), JSON keys in a fixed order.
 
 use super::{check_groups, coefficients, OptimizerError, ParamGroup, RmsProp, TensorState};
-use crate::{Buffer, Element, Hyperparameters};
+use crate::{Buffer, Element, Hyperparameters, KerasOptions, OptaxOptions, Semantics};
 use safetensors::tensor::{Dtype, Metadata, TensorInfo};
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
@@ -49,6 +53,10 @@ pub const SCHEDULER_KEYS: [&str; 5] = [
 /// Keys PyTorch writes in an RMSprop param group that do not change CPU results: accepted (a
 /// boolean or null), not kept.
 const IGNORED_GROUP_KEYS: [&str; 3] = ["foreach", "capturable", "differentiable"];
+
+/// Keys of a group with optax semantics (`"semantics": "optax"`), and with Keras's.
+const OPTAX_KEYS: [&str; 4] = ["initial_scale", "eps_in_sqrt", "nesterov", "bias_correction"];
+const KERAS_KEYS: [&str; 1] = ["lr_through_f32"];
 
 /// The hyperparameter keys, with `params`.
 const GROUP_KEYS: [&str; 8] = [
@@ -383,9 +391,23 @@ fn parse_group(group: usize, entry: &Value) -> Result<ParamGroup, StateFileError
     };
     let number = |key: &str| get(key)?.as_f64().ok_or_else(|| wrong(key, "a number"));
     let flag = |key: &str| get(key)?.as_bool().ok_or_else(|| wrong(key, "a boolean"));
+    let semantics_name = match o.get("semantics") {
+        None => "pytorch",
+        Some(Value::String(name)) => name.as_str(),
+        Some(_) => return Err(wrong("semantics", "a string")),
+    };
+    let semantics_keys: &[&str] = match semantics_name {
+        "pytorch" => &[],
+        "optax" => &OPTAX_KEYS,
+        "keras" => &KERAS_KEYS,
+        _ => return Err(wrong("semantics", "\"pytorch\", \"optax\" or \"keras\"")),
+    };
     let mut extra = BTreeMap::new();
     for (key, value) in o {
-        if GROUP_KEYS.contains(&key.as_str()) {
+        if GROUP_KEYS.contains(&key.as_str())
+            || key == "semantics"
+            || semantics_keys.contains(&key.as_str())
+        {
             continue;
         }
         if IGNORED_GROUP_KEYS.contains(&key.as_str()) {
@@ -409,6 +431,18 @@ fn parse_group(group: usize, entry: &Value) -> Result<ParamGroup, StateFileError
                 .ok_or_else(|| wrong("params", "a list of tensor indices"))
         })
         .collect::<Result<Vec<usize>, _>>()?;
+    let semantics = match semantics_name {
+        "optax" => Semantics::Optax(OptaxOptions {
+            initial_scale: number("initial_scale")?,
+            eps_in_sqrt: flag("eps_in_sqrt")?,
+            nesterov: flag("nesterov")?,
+            bias_correction: flag("bias_correction")?,
+        }),
+        "keras" => Semantics::Keras(KerasOptions {
+            lr_through_f32: flag("lr_through_f32")?,
+        }),
+        _ => Semantics::PyTorch,
+    };
     Ok(ParamGroup {
         hyperparameters: Hyperparameters {
             lr: number("lr")?,
@@ -418,6 +452,8 @@ fn parse_group(group: usize, entry: &Value) -> Result<ParamGroup, StateFileError
             momentum: number("momentum")?,
             centered: flag("centered")?,
             maximize: flag("maximize")?,
+            semantics,
+            step: 0,
         },
         params,
         extra,
@@ -442,6 +478,21 @@ fn groups_json(groups: &[ParamGroup]) -> Result<Value, StateFileError> {
         o.insert("centered".into(), Value::Bool(h.centered));
         o.insert("maximize".into(), Value::Bool(h.maximize));
         o.insert("params".into(), Value::from(group.params.clone()));
+        // PyTorch groups stay exactly PyTorch's; the others say whose arithmetic they follow.
+        match h.semantics {
+            Semantics::PyTorch => {}
+            Semantics::Optax(x) => {
+                o.insert("semantics".into(), Value::from("optax"));
+                o.insert("initial_scale".into(), Value::from(x.initial_scale));
+                o.insert("eps_in_sqrt".into(), Value::Bool(x.eps_in_sqrt));
+                o.insert("nesterov".into(), Value::Bool(x.nesterov));
+                o.insert("bias_correction".into(), Value::Bool(x.bias_correction));
+            }
+            Semantics::Keras(x) => {
+                o.insert("semantics".into(), Value::from("keras"));
+                o.insert("lr_through_f32".into(), Value::Bool(x.lr_through_f32));
+            }
+        }
         for (key, &value) in &group.extra {
             if !SCHEDULER_KEYS.contains(&key.as_str()) {
                 return Err(StateFileError::GroupKey {

@@ -5,7 +5,7 @@
 //! `weight_decay`, `momentum`, `centered`, `maximize`, `files`) and raw little-endian arrays.
 
 use crate::state::OwnedState;
-use rmsprop_simd::{Element, Hyperparameters, Kernel};
+use rmsprop_simd::{Element, Hyperparameters, Kernel, OptaxOptions, Semantics};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
@@ -73,6 +73,84 @@ fn flag(obj: &Value, key: &str, ctx: &str) -> Result<bool, String> {
         .ok_or_else(|| format!("{ctx}: field `{key}` is not a boolean"))
 }
 
+/// A number, or 0 for JSON `null` (optax's `momentum=None`, Keras's `weight_decay=None`).
+fn number_or_none(obj: &Value, key: &str, ctx: &str) -> Result<f64, String> {
+    match field(obj, key, ctx)? {
+        Value::Null => Ok(0.0),
+        v => v
+            .as_f64()
+            .ok_or_else(|| format!("{ctx}: field `{key}` is not a number or null")),
+    }
+}
+
+/// The case's hyperparameters: PyTorch's fields, or, with `framework` (`optax ...`,
+/// `keras ...`), the library's own argument names under `options`.
+fn hyperparameters(c: &Value, ctx: &str) -> Result<Hyperparameters, String> {
+    let framework = c.get("framework").and_then(Value::as_str).unwrap_or("torch");
+    let name = framework.split_whitespace().next().unwrap_or("");
+    let options = || {
+        let o = field(c, "options", ctx)?;
+        o.as_object()
+            .ok_or_else(|| format!("{ctx}: `options` is not an object"))
+            .map(|_| o)
+    };
+    let only = |o: &Value, known: &[&str]| -> Result<(), String> {
+        match o.as_object().and_then(|m| m.keys().find(|k| !known.contains(&k.as_str()))) {
+            Some(k) => Err(format!("{ctx}: unknown {name} option `{k}`")),
+            None => Ok(()),
+        }
+    };
+    match name {
+        "torch" | "pytorch" => Ok(Hyperparameters {
+            alpha: number(c, "alpha", ctx)?,
+            eps: number(c, "eps", ctx)?,
+            weight_decay: number(c, "weight_decay", ctx)?,
+            momentum: number(c, "momentum", ctx)?,
+            centered: flag(c, "centered", ctx)?,
+            maximize: flag(c, "maximize", ctx)?,
+            ..Default::default()
+        }),
+        "optax" => {
+            let o = options()?;
+            only(o, &["decay", "eps", "initial_scale", "eps_in_sqrt", "centered", "momentum", "nesterov", "bias_correction"])?;
+            Ok(Hyperparameters {
+                alpha: number(o, "decay", ctx)?,
+                eps: number(o, "eps", ctx)?,
+                centered: flag(o, "centered", ctx)?,
+                momentum: number_or_none(o, "momentum", ctx)?,
+                semantics: Semantics::Optax(OptaxOptions {
+                    initial_scale: number(o, "initial_scale", ctx)?,
+                    eps_in_sqrt: flag(o, "eps_in_sqrt", ctx)?,
+                    nesterov: flag(o, "nesterov", ctx)?,
+                    bias_correction: flag(o, "bias_correction", ctx)?,
+                }),
+                ..Hyperparameters::optax(0.0)
+            })
+        }
+        "keras" => {
+            let o = options()?;
+            only(o, &["rho", "momentum", "epsilon", "centered", "weight_decay"])?;
+            Ok(Hyperparameters {
+                alpha: number(o, "rho", ctx)?,
+                eps: number(o, "epsilon", ctx)?,
+                centered: flag(o, "centered", ctx)?,
+                momentum: number_or_none(o, "momentum", ctx)?,
+                weight_decay: number_or_none(o, "weight_decay", ctx)?,
+                ..Hyperparameters::keras()
+            })
+        }
+        _ => Err(format!("{ctx}: unknown framework {framework:?}")),
+    }
+}
+
+/// The value `square_avg` starts from: optax's `initial_scale`, else 0.
+pub fn initial_square_avg(hp: &Hyperparameters) -> f64 {
+    match hp.semantics {
+        Semantics::Optax(o) => o.initial_scale,
+        _ => 0.0,
+    }
+}
+
 impl GoldenSet {
     /// Reads and checks `dir/cases.json` and the sizes of every file it names.
     pub fn load(dir: &Path) -> Result<GoldenSet, String> {
@@ -124,15 +202,8 @@ impl GoldenSet {
                     lr.len()
                 ));
             }
-            let hp = Hyperparameters {
-                lr: lr.first().copied().unwrap_or(0.0),
-                alpha: number(c, "alpha", &ctx)?,
-                eps: number(c, "eps", &ctx)?,
-                weight_decay: number(c, "weight_decay", &ctx)?,
-                momentum: number(c, "momentum", &ctx)?,
-                centered: flag(c, "centered", &ctx)?,
-                maximize: flag(c, "maximize", &ctx)?,
-            };
+            let mut hp = hyperparameters(c, &ctx)?;
+            hp.lr = lr.first().copied().unwrap_or(0.0);
             let (centered, momentum) = hp.uses_state();
             let files_obj = field(c, "files", &ctx)?
                 .as_object()
@@ -263,8 +334,14 @@ pub fn run_case<T: Element>(case: &Case, kernel: &Kernel) -> Result<Vec<ArrayRep
     let n = case.n;
     let mut params = params0.clone();
     let mut st = OwnedState::<T>::zeros(n);
+    let v0 = vec![T::from_f64(initial_square_avg(&case.hp)); n];
+    st.square_avg.copy_from_slice(&v0);
     for (s, &lr) in case.lr.iter().enumerate() {
-        let hp = Hyperparameters { lr, ..case.hp };
+        let hp = Hyperparameters {
+            lr,
+            step: s as u64 + 1,
+            ..case.hp
+        };
         let state = st.state(&hp);
         kernel
             .step(&hp, &mut params, &grads[s * n..(s + 1) * n], state)
@@ -278,7 +355,7 @@ pub fn run_case<T: Element>(case: &Case, kernel: &Kernel) -> Result<Vec<ArrayRep
     let mut reports = Vec::new();
     for (key, got, start) in [
         ("params", &params, &params0),
-        ("square_avg", &st.square_avg, &zeros),
+        ("square_avg", &st.square_avg, &v0),
         ("grad_avg", &st.grad_avg, &zeros),
         ("momentum_buffer", &st.momentum_buffer, &zeros),
     ] {
