@@ -281,7 +281,8 @@ impl<T: Element> Coefficients<T> {
                     return Err(Error::InvalidHyperparameter {
                         name: "weight_decay",
                         value: hp.weight_decay,
-                        reason: "optax's rmsprop has no weight decay (chain optax.add_decayed_weights)",
+                        reason:
+                            "optax's rmsprop has no weight decay (chain optax.add_decayed_weights)",
                     });
                 }
                 let bc = if o.bias_correction {

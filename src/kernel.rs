@@ -116,7 +116,13 @@ fn drive<S: Simd, T: Element, const GA: bool, const B: bool>(
     simd: S,
     bufs: Buffers<'_, T>,
     zero: T::Vector<S>,
-    step: impl Fn(T::Vector<S>, T::Vector<S>, T::Vector<S>, T::Vector<S>, T::Vector<S>) -> Updated<T::Vector<S>>,
+    step: impl Fn(
+        T::Vector<S>,
+        T::Vector<S>,
+        T::Vector<S>,
+        T::Vector<S>,
+        T::Vector<S>,
+    ) -> Updated<T::Vector<S>>,
 ) {
     let (p_head, p_tail) = T::as_mut_simd::<S>(bufs.params);
     let (g_head, g_tail) = T::as_simd::<S>(bufs.grads);
@@ -147,8 +153,16 @@ fn drive<S: Simd, T: Element, const GA: bool, const B: bool>(
 
     // The tail (shorter than one vector) goes through the same per-vector step.
     if !p_tail.is_empty() {
-        let ga = if GA { T::partial_load(simd, ga_tail) } else { zero };
-        let b = if B { T::partial_load(simd, b_tail) } else { zero };
+        let ga = if GA {
+            T::partial_load(simd, ga_tail)
+        } else {
+            zero
+        };
+        let b = if B {
+            T::partial_load(simd, b_tail)
+        } else {
+            zero
+        };
         let (p, v, ga, b) = step(
             T::partial_load(simd, p_tail),
             T::partial_load(simd, g_tail),
@@ -246,7 +260,11 @@ fn optax<
     );
     let (neg_lr, bc, one) = (splat(k.neg_lr), splat(k.bias_correction), splat(T::one()));
     drive::<S, T, CENTERED, MOMENTUM>(simd, bufs, splat(T::zero()), |p, g, v, ga, b| {
-        let v = T::vadd(simd, T::vmul(simd, c, T::vmul(simd, g, g)), T::vmul(simd, d, v));
+        let v = T::vadd(
+            simd,
+            T::vmul(simd, c, T::vmul(simd, g, g)),
+            T::vmul(simd, d, v),
+        );
         let ga = if CENTERED {
             T::vadd(simd, T::vmul(simd, c, g), T::vmul(simd, d, ga))
         } else {
@@ -284,7 +302,13 @@ fn optax<
 
 /// Keras 3's step (see [`crate::reference`]), lane by lane.
 #[inline(always)]
-fn keras<S: Simd, T: Element, const CENTERED: bool, const MOMENTUM: bool, const WEIGHT_DECAY: bool>(
+fn keras<
+    S: Simd,
+    T: Element,
+    const CENTERED: bool,
+    const MOMENTUM: bool,
+    const WEIGHT_DECAY: bool,
+>(
     simd: S,
     k: &Coefficients<T>,
     bufs: Buffers<'_, T>,
@@ -303,10 +327,17 @@ fn keras<S: Simd, T: Element, const CENTERED: bool, const MOMENTUM: bool, const 
         } else {
             p
         };
-        let v = T::vadd(simd, T::vmul(simd, r, v), T::vmul(simd, c, T::vmul(simd, g, g)));
+        let v = T::vadd(
+            simd,
+            T::vmul(simd, r, v),
+            T::vmul(simd, c, T::vmul(simd, g, g)),
+        );
         let (den, ga) = if CENTERED {
             let ga = T::vadd(simd, T::vmul(simd, r, ga), T::vmul(simd, c, g));
-            (T::vadd(simd, T::vsub(simd, v, T::vmul(simd, ga, ga)), eps), ga)
+            (
+                T::vadd(simd, T::vsub(simd, v, T::vmul(simd, ga, ga)), eps),
+                ga,
+            )
         } else {
             (T::vadd(simd, v, eps), ga)
         };

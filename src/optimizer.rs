@@ -220,12 +220,18 @@ fn check_groups(n: usize, groups: &[ParamGroup]) -> Result<Vec<usize>, Optimizer
     Ok(group_of)
 }
 
+/// Validates every group's hyperparameters for `T`. A group's `step` is not its own (each
+/// tensor steps with its own count, from 1), so it is checked as a first step.
 fn coefficients<T: Element>(groups: &[ParamGroup]) -> Result<Vec<Coefficients<T>>, OptimizerError> {
     groups
         .iter()
         .enumerate()
         .map(|(group, g)| {
-            Coefficients::new(&g.hyperparameters)
+            let hp = Hyperparameters {
+                step: g.hyperparameters.step.max(1),
+                ..g.hyperparameters
+            };
+            Coefficients::new(&hp)
                 .map_err(|error| OptimizerError::InvalidHyperparameter { group, error })
         })
         .collect()

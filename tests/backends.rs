@@ -5,7 +5,7 @@ use rmsprop_simd_support::backends as support;
 
 use proptest::prelude::*;
 use rmsprop_simd::{
-    Backend, BackendKind, Element, Hyperparameters, Kernel, KerasOptions, OptaxOptions, Semantics,
+    Backend, BackendKind, Element, Hyperparameters, KerasOptions, Kernel, OptaxOptions, Semantics,
     Threading,
 };
 use support::{backend_or_skip, check_against_reference, kernels_for, Buffers};
@@ -144,7 +144,10 @@ fn variants() -> Vec<Hyperparameters> {
 fn miri_variants() -> Vec<Hyperparameters> {
     let all = variants();
     if cfg!(miri) {
-        [0, 15, 16, 47, 48, 55].into_iter().map(|i| all[i]).collect()
+        [0, 15, 16, 47, 48, 55]
+            .into_iter()
+            .map(|i| all[i])
+            .collect()
     } else {
         all
     }

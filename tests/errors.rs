@@ -244,3 +244,83 @@ fn empty_buffers_are_a_valid_no_op() {
         }
     }
 }
+
+/// What optax's and Keras's semantics refuse: options the library does not have, a bias
+/// correction without a step number, a learning rate Keras cannot hold in float32.
+#[test]
+fn framework_semantics_refuse_what_their_library_lacks() {
+    use rmsprop_simd::{KerasOptions, OptaxOptions, Semantics};
+    let optax_bc = Hyperparameters {
+        semantics: Semantics::Optax(OptaxOptions {
+            bias_correction: true,
+            ..Default::default()
+        }),
+        ..Hyperparameters::optax(1e-3)
+    };
+    let cases: [(Hyperparameters, &str, (bool, bool)); 5] = [
+        (
+            Hyperparameters {
+                maximize: true,
+                ..Hyperparameters::optax(1e-3)
+            },
+            "maximize",
+            (false, false),
+        ),
+        (
+            Hyperparameters {
+                maximize: true,
+                ..Hyperparameters::keras()
+            },
+            "maximize",
+            (false, false),
+        ),
+        (
+            Hyperparameters {
+                weight_decay: 0.1,
+                ..Hyperparameters::optax(1e-3)
+            },
+            "weight_decay",
+            (false, false),
+        ),
+        (optax_bc, "step", (false, false)),
+        (
+            Hyperparameters {
+                semantics: Semantics::Optax(OptaxOptions {
+                    initial_scale: -1.0,
+                    ..Default::default()
+                }),
+                ..Hyperparameters::optax(1e-3)
+            },
+            "initial_scale",
+            (false, false),
+        ),
+    ];
+    for (hp, name, give) in cases {
+        let err = rmsprop_simd::Coefficients::<f32>::new(&hp).unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidHyperparameter { name: n, .. } if n == name),
+            "{name}: {err}"
+        );
+        assert_refused(&hp, [N; 5], give, &err);
+    }
+    // with a step number the bias correction is fine
+    assert!(Hyperparameters {
+        step: 1,
+        ..optax_bc
+    }
+    .validate()
+    .is_ok());
+    // Keras keeps lr in float32: 1e300 is refused for f64 parameters too, unless asked not to
+    let keras = Hyperparameters {
+        lr: 1e300,
+        ..Hyperparameters::keras()
+    };
+    assert!(rmsprop_simd::Coefficients::<f64>::new(&keras).is_err());
+    let exact = Hyperparameters {
+        semantics: Semantics::Keras(KerasOptions {
+            lr_through_f32: false,
+        }),
+        ..keras
+    };
+    assert!(rmsprop_simd::Coefficients::<f64>::new(&exact).is_ok());
+}

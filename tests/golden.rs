@@ -12,7 +12,9 @@ use support::{backend_or_skip, kernels_for};
 const SETS: [(&str, usize); 2] = [("torch-2.15", 40), ("optax-0.2.8-keras-3.15", 20)];
 
 fn golden_dir(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name)
 }
 
 fn check_backend(kind: BackendKind, test: &str) {
@@ -26,7 +28,11 @@ fn check_set(kind: BackendKind, test: &str, name: &str, count: usize) {
         return;
     };
     let set = GoldenSet::load(&golden_dir(name)).unwrap_or_else(|e| panic!("golden set: {e}"));
-    assert_eq!(set.cases.len(), count, "the copied set {name} has {count} cases");
+    assert_eq!(
+        set.cases.len(),
+        count,
+        "the copied set {name} has {count} cases"
+    );
     let mut failures = Vec::new();
     let mut worst = 0.0f64;
     for kernel in kernels_for(backend) {

@@ -433,3 +433,92 @@ fn header_limit_leaves_room_for_real_files() {
     assert!(len < header_limit(n) / 2, "{len} vs {}", header_limit(n));
     RmsProp::<f64>::from_state(shapes, &file, None).unwrap();
 }
+
+/// Groups with optax's and Keras's semantics: the file records them (and each tensor's step
+/// count, which optax's bias correction reads), so a resumed run continues bit for bit; a
+/// PyTorch group's JSON stays exactly PyTorch's.
+#[test]
+fn framework_semantics_resume_with_the_same_arithmetic() {
+    use rmsprop_simd::{OptaxOptions, Semantics};
+    let optax = Hyperparameters {
+        momentum: 0.9,
+        centered: true,
+        semantics: Semantics::Optax(OptaxOptions {
+            initial_scale: 0.5,
+            bias_correction: true,
+            nesterov: true,
+            eps_in_sqrt: false,
+        }),
+        ..Hyperparameters::optax(1e-2)
+    };
+    let keras = Hyperparameters {
+        weight_decay: 0.01,
+        momentum: 0.5,
+        ..Hyperparameters::keras()
+    };
+    let shapes = vec![vec![5], vec![3, 2], vec![7]];
+    let groups = vec![
+        ParamGroup::new(optax, vec![0]),
+        ParamGroup::new(keras, vec![1]),
+        ParamGroup::new(Hyperparameters::default(), vec![2]),
+    ];
+    let grads = |s: usize| -> Vec<Vec<f64>> {
+        [5usize, 6, 7]
+            .iter()
+            .map(|&n| {
+                (0..n)
+                    .map(|i| ((i * 7 + s * 3) % 11) as f64 * 0.1 - 0.5)
+                    .collect()
+            })
+            .collect()
+    };
+    let run =
+        |opt: &mut RmsProp<f64>, params: &mut Vec<Vec<f64>>, steps: std::ops::Range<usize>| {
+            for s in steps {
+                let g = grads(s);
+                let mut p: Vec<&mut [f64]> = params.iter_mut().map(|p| &mut p[..]).collect();
+                // tensor 1 has no gradient on step 2: its step count (and bias correction) lags
+                let gs: Vec<Option<&[f64]>> = g
+                    .iter()
+                    .enumerate()
+                    .map(|(i, g)| (!(i == 1 && s == 2)).then_some(&g[..]))
+                    .collect();
+                opt.step(&mut p, &gs).unwrap();
+            }
+        };
+    let start = vec![vec![1.0; 5], vec![-0.5; 6], vec![0.25; 7]];
+    let mut whole = RmsProp::<f64>::with_groups(shapes.clone(), groups.clone()).unwrap();
+    let mut pw = start.clone();
+    run(&mut whole, &mut pw, 0..8);
+    let mut first = RmsProp::<f64>::with_groups(shapes.clone(), groups).unwrap();
+    let mut pr = start.clone();
+    run(&mut first, &mut pr, 0..4);
+    assert_eq!(first.state(0).unwrap().step, 4);
+    assert_eq!(first.state(1).unwrap().step, 3);
+    // optax's square_avg started at initial_scale
+    let file = first.save_state().unwrap();
+    let json = first.param_groups_json().unwrap();
+    assert!(json.contains(r#""semantics":"optax""#) && json.contains(r#""semantics":"keras""#));
+    assert_eq!(
+        json.matches("semantics").count(),
+        2,
+        "the PyTorch group has no semantics key"
+    );
+    let mut resumed = RmsProp::<f64>::from_state(shapes, &file, None).unwrap();
+    assert_eq!(resumed.param_groups(), first.param_groups());
+    run(&mut resumed, &mut pr, 4..8);
+    for (a, b) in pr.iter().zip(&pw) {
+        assert_eq!(
+            a.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+            b.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+        );
+    }
+    // the state starts at initial_scale for optax
+    let fresh = {
+        let mut o = RmsProp::<f32>::new(vec![vec![2]], optax).unwrap();
+        let mut p = vec![1.0f32; 2];
+        o.step(&mut [&mut p], &[Some(&[0.0, 0.0])]).unwrap();
+        o.state(0).unwrap().square_avg.clone()
+    };
+    assert_eq!(fresh, vec![(0.9f64 * 0.5) as f32; 2]);
+}

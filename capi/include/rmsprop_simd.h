@@ -116,9 +116,25 @@
 #define RMSPROP_BACKEND_AUTO -1
 
 /*
- The layout version of [`RmspropHyperparameters`] this library writes.
+ The layout version of [`RmspropHyperparameters`] this library writes: 2 (version 1, 64 bytes,
+ without `semantics` and `step`, is still read as PyTorch's semantics).
  */
-#define RMSPROP_HYPERPARAMETERS_VERSION 1
+#define RMSPROP_HYPERPARAMETERS_VERSION 2
+
+/*
+ [`RmspropHyperparameters::semantics`]: `torch.optim.RMSprop` (the default).
+ */
+#define RMSPROP_SEMANTICS_PYTORCH 0
+
+/*
+ `optax.rmsprop`.
+ */
+#define RMSPROP_SEMANTICS_OPTAX 1
+
+/*
+ `keras.optimizers.RMSprop` (Keras 3).
+ */
+#define RMSPROP_SEMANTICS_KERAS 2
 
 /*
  The layout version of [`RmspropContextOptions`] this library writes.
@@ -132,10 +148,12 @@
 typedef struct RmspropContext RmspropContext;
 
 /*
- The hyperparameters of `torch.optim.RMSprop`. Fill it with [`rmsprop_hyperparameters_init`]
- (PyTorch's defaults, `struct_size`, `version`), then change fields. Later versions append
- fields in `reserved` (or beyond) and raise `version`; this library reads any struct whose
- `struct_size` covers the layout of its `version`.
+ The hyperparameters of `torch.optim.RMSprop`, and of optax's and Keras's RMSprop through
+ `semantics`. Fill it with [`rmsprop_hyperparameters_init`] (PyTorch's defaults),
+ [`rmsprop_hyperparameters_init_optax`] or [`rmsprop_hyperparameters_init_keras`] (those
+ libraries' defaults), then change fields. Later versions use `reserved` (or append) and raise
+ `version`; this library reads any struct whose `struct_size` covers the layout of its
+ `version`. Version 1 (64 bytes: up to `maximize`, then 14 zero bytes) is PyTorch's.
  */
 typedef struct RmspropHyperparameters {
   /*
@@ -171,13 +189,37 @@ typedef struct RmspropHyperparameters {
    */
   uint8_t centered;
   /*
-   Non-zero: maximise instead of minimise.
+   Non-zero: maximise instead of minimise (PyTorch semantics only).
    */
   uint8_t maximize;
   /*
+   `RMSPROP_SEMANTICS_PYTORCH` (0), `_OPTAX` or `_KERAS`. (Version 2.)
+   */
+  uint8_t semantics;
+  /*
+   optax: non-zero for `eps` inside the square root (optax's default). (Version 2.)
+   */
+  uint8_t eps_in_sqrt;
+  /*
+   optax: non-zero for Nesterov momentum. (Version 2.)
+   */
+  uint8_t nesterov;
+  /*
+   optax: non-zero for bias correction by `1 - alpha^step`. (Version 2.)
+   */
+  uint8_t bias_correction;
+  /*
+   Keras: non-zero to round `lr` through float32 as Keras does (its default). (Version 2.)
+   */
+  uint8_t keras_lr_f32;
+  /*
    Zero. Room for the fields of later versions.
    */
-  uint8_t reserved[14];
+  uint8_t reserved[9];
+  /*
+   The number of this step, from 1: optax's bias correction reads it. (Version 2.)
+   */
+  uint64_t step;
 } RmspropHyperparameters;
 
 /*
@@ -246,13 +288,32 @@ const char *rmsprop_error_string(int32_t code);
 size_t rmsprop_context_last_error(const struct RmspropContext *ctx, char *buf, size_t buf_len);
 
 /*
- Fills `*hp` with PyTorch's defaults, `struct_size` and `version`. Returns
- `RMSPROP_ERROR_NULL_POINTER` if `hp` is NULL.
+ Fills `*hp` with PyTorch's defaults (`lr` 1e-2, `alpha` 0.99, `eps` 1e-8), `struct_size`
+ and `version`. Returns `RMSPROP_ERROR_NULL_POINTER` if `hp` is NULL.
 
  # Safety
  `hp` is NULL or points to writable memory for one `RmspropHyperparameters`.
  */
 int32_t rmsprop_hyperparameters_init(struct RmspropHyperparameters *hp);
+
+/*
+ Fills `*hp` with `optax.rmsprop(learning_rate)`'s defaults: `semantics` optax, `alpha`
+ (decay) 0.9, `eps` 1e-8, `eps_in_sqrt`, no momentum, no bias correction. The state's
+ `square_avg` starts at optax's `initial_scale` (0 by default): the caller fills it.
+
+ # Safety
+ `hp` is NULL or points to writable memory for one `RmspropHyperparameters`.
+ */
+int32_t rmsprop_hyperparameters_init_optax(struct RmspropHyperparameters *hp, double learning_rate);
+
+/*
+ Fills `*hp` with `keras.optimizers.RMSprop()`'s defaults: `semantics` Keras, `lr` 1e-3,
+ `alpha` (rho) 0.9, `eps` (epsilon) 1e-7, `keras_lr_f32`.
+
+ # Safety
+ `hp` is NULL or points to writable memory for one `RmspropHyperparameters`.
+ */
+int32_t rmsprop_hyperparameters_init_keras(struct RmspropHyperparameters *hp);
 
 /*
  Fills `*options` with the defaults (automatic backend, the calling thread only, the

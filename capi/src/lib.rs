@@ -24,8 +24,8 @@
 #![deny(missing_docs)]
 
 use rmsprop::{
-    run_in_pool, Backend, BackendKind, Element, Error, Hyperparameters, Kernel, State,
-    StepManyError, TensorStep, Threading, PARALLEL_MIN_LEN,
+    run_in_pool, Backend, BackendKind, Element, Error, Hyperparameters, KerasOptions, Kernel,
+    OptaxOptions, Semantics, State, StepManyError, TensorStep, Threading, PARALLEL_MIN_LEN,
 };
 use std::ffi::c_char;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -75,15 +75,25 @@ pub const RMSPROP_BACKEND_NEON: i32 = 3;
 /// "Let the library choose": the best backend of this CPU (the default).
 pub const RMSPROP_BACKEND_AUTO: i32 = -1;
 
-/// The layout version of [`RmspropHyperparameters`] this library writes.
-pub const RMSPROP_HYPERPARAMETERS_VERSION: u32 = 1;
+/// The layout version of [`RmspropHyperparameters`] this library writes: 2 (version 1, 64 bytes,
+/// without `semantics` and `step`, is still read as PyTorch's semantics).
+pub const RMSPROP_HYPERPARAMETERS_VERSION: u32 = 2;
+
+/// [`RmspropHyperparameters::semantics`]: `torch.optim.RMSprop` (the default).
+pub const RMSPROP_SEMANTICS_PYTORCH: u8 = 0;
+/// `optax.rmsprop`.
+pub const RMSPROP_SEMANTICS_OPTAX: u8 = 1;
+/// `keras.optimizers.RMSprop` (Keras 3).
+pub const RMSPROP_SEMANTICS_KERAS: u8 = 2;
 /// The layout version of [`RmspropContextOptions`] this library writes.
 pub const RMSPROP_CONTEXT_OPTIONS_VERSION: u32 = 1;
 
-/// The hyperparameters of `torch.optim.RMSprop`. Fill it with [`rmsprop_hyperparameters_init`]
-/// (PyTorch's defaults, `struct_size`, `version`), then change fields. Later versions append
-/// fields in `reserved` (or beyond) and raise `version`; this library reads any struct whose
-/// `struct_size` covers the layout of its `version`.
+/// The hyperparameters of `torch.optim.RMSprop`, and of optax's and Keras's RMSprop through
+/// `semantics`. Fill it with [`rmsprop_hyperparameters_init`] (PyTorch's defaults),
+/// [`rmsprop_hyperparameters_init_optax`] or [`rmsprop_hyperparameters_init_keras`] (those
+/// libraries' defaults), then change fields. Later versions use `reserved` (or append) and raise
+/// `version`; this library reads any struct whose `struct_size` covers the layout of its
+/// `version`. Version 1 (64 bytes: up to `maximize`, then 14 zero bytes) is PyTorch's.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct RmspropHyperparameters {
@@ -103,10 +113,22 @@ pub struct RmspropHyperparameters {
     pub momentum: f64,
     /// Non-zero: centered RMSprop (uses `grad_avg`).
     pub centered: u8,
-    /// Non-zero: maximise instead of minimise.
+    /// Non-zero: maximise instead of minimise (PyTorch semantics only).
     pub maximize: u8,
+    /// `RMSPROP_SEMANTICS_PYTORCH` (0), `_OPTAX` or `_KERAS`. (Version 2.)
+    pub semantics: u8,
+    /// optax: non-zero for `eps` inside the square root (optax's default). (Version 2.)
+    pub eps_in_sqrt: u8,
+    /// optax: non-zero for Nesterov momentum. (Version 2.)
+    pub nesterov: u8,
+    /// optax: non-zero for bias correction by `1 - alpha^step`. (Version 2.)
+    pub bias_correction: u8,
+    /// Keras: non-zero to round `lr` through float32 as Keras does (its default). (Version 2.)
+    pub keras_lr_f32: u8,
     /// Zero. Room for the fields of later versions.
-    pub reserved: [u8; 14],
+    pub reserved: [u8; 9],
+    /// The number of this step, from 1: optax's bias correction reads it. (Version 2.)
+    pub step: u64,
 }
 
 /// How a context runs its steps. Fill it with [`rmsprop_context_options_init`], then change
@@ -130,8 +152,9 @@ pub struct RmspropContextOptions {
     pub reserved: [u8; 16],
 }
 
-/// Layout size of version 1 of each struct (the prefix a caller must provide).
-const HP_V1_SIZE: u32 = core::mem::size_of::<RmspropHyperparameters>() as u32;
+/// Layout sizes of each version (the prefix a caller must provide).
+const HP_V1_SIZE: u32 = 64;
+const HP_V2_SIZE: u32 = core::mem::size_of::<RmspropHyperparameters>() as u32;
 const OPTIONS_V1_SIZE: u32 = core::mem::size_of::<RmspropContextOptions>() as u32;
 
 /// A step context: backend, threads, threshold, and the message of its latest error. Create
@@ -326,20 +349,27 @@ pub unsafe extern "C" fn rmsprop_context_last_error(
 
 // ---------------------------------------------------------------- structs
 
-/// Fills `*hp` with PyTorch's defaults, `struct_size` and `version`. Returns
-/// `RMSPROP_ERROR_NULL_POINTER` if `hp` is NULL.
+/// Writes the version-2 struct for `d` (the optax and Keras flags at their libraries' defaults
+/// whatever the semantics, so that switching `semantics` afterwards gets those defaults).
 ///
 /// # Safety
-/// `hp` is NULL or points to writable memory for one `RmspropHyperparameters`.
-#[no_mangle]
-pub unsafe extern "C" fn rmsprop_hyperparameters_init(hp: *mut RmspropHyperparameters) -> i32 {
+/// `hp` is NULL or writable for one `RmspropHyperparameters`.
+unsafe fn write_hyperparameters(hp: *mut RmspropHyperparameters, d: Hyperparameters) -> i32 {
     guarded(None, || {
         if hp.is_null() {
             return RMSPROP_ERROR_NULL_POINTER;
         }
-        let d = Hyperparameters::default();
+        let (semantics, optax, keras) = match d.semantics {
+            Semantics::PyTorch => (
+                RMSPROP_SEMANTICS_PYTORCH,
+                OptaxOptions::default(),
+                KerasOptions::default(),
+            ),
+            Semantics::Optax(o) => (RMSPROP_SEMANTICS_OPTAX, o, KerasOptions::default()),
+            Semantics::Keras(k) => (RMSPROP_SEMANTICS_KERAS, OptaxOptions::default(), k),
+        };
         let value = RmspropHyperparameters {
-            struct_size: HP_V1_SIZE,
+            struct_size: HP_V2_SIZE,
             version: RMSPROP_HYPERPARAMETERS_VERSION,
             lr: d.lr,
             alpha: d.alpha,
@@ -348,12 +378,57 @@ pub unsafe extern "C" fn rmsprop_hyperparameters_init(hp: *mut RmspropHyperparam
             momentum: d.momentum,
             centered: d.centered as u8,
             maximize: d.maximize as u8,
-            reserved: [0; 14],
+            semantics,
+            eps_in_sqrt: optax.eps_in_sqrt as u8,
+            nesterov: optax.nesterov as u8,
+            bias_correction: optax.bias_correction as u8,
+            keras_lr_f32: keras.lr_through_f32 as u8,
+            reserved: [0; 9],
+            step: 0,
         };
-        // SAFETY: non-null and, by the contract above, valid for one write.
+        // SAFETY: non-null and, by the contract, valid for one write.
         unsafe { hp.write_unaligned(value) };
         RMSPROP_OK
     })
+}
+
+/// Fills `*hp` with PyTorch's defaults (`lr` 1e-2, `alpha` 0.99, `eps` 1e-8), `struct_size`
+/// and `version`. Returns `RMSPROP_ERROR_NULL_POINTER` if `hp` is NULL.
+///
+/// # Safety
+/// `hp` is NULL or points to writable memory for one `RmspropHyperparameters`.
+#[no_mangle]
+pub unsafe extern "C" fn rmsprop_hyperparameters_init(hp: *mut RmspropHyperparameters) -> i32 {
+    // SAFETY: the caller's contract.
+    unsafe { write_hyperparameters(hp, Hyperparameters::default()) }
+}
+
+/// Fills `*hp` with `optax.rmsprop(learning_rate)`'s defaults: `semantics` optax, `alpha`
+/// (decay) 0.9, `eps` 1e-8, `eps_in_sqrt`, no momentum, no bias correction. The state's
+/// `square_avg` starts at optax's `initial_scale` (0 by default): the caller fills it.
+///
+/// # Safety
+/// `hp` is NULL or points to writable memory for one `RmspropHyperparameters`.
+#[no_mangle]
+pub unsafe extern "C" fn rmsprop_hyperparameters_init_optax(
+    hp: *mut RmspropHyperparameters,
+    learning_rate: f64,
+) -> i32 {
+    // SAFETY: the caller's contract.
+    unsafe { write_hyperparameters(hp, Hyperparameters::optax(learning_rate)) }
+}
+
+/// Fills `*hp` with `keras.optimizers.RMSprop()`'s defaults: `semantics` Keras, `lr` 1e-3,
+/// `alpha` (rho) 0.9, `eps` (epsilon) 1e-7, `keras_lr_f32`.
+///
+/// # Safety
+/// `hp` is NULL or points to writable memory for one `RmspropHyperparameters`.
+#[no_mangle]
+pub unsafe extern "C" fn rmsprop_hyperparameters_init_keras(
+    hp: *mut RmspropHyperparameters,
+) -> i32 {
+    // SAFETY: the caller's contract.
+    unsafe { write_hyperparameters(hp, Hyperparameters::keras()) }
 }
 
 /// Fills `*options` with the defaults (automatic backend, the calling thread only, the
@@ -381,39 +456,46 @@ pub unsafe extern "C" fn rmsprop_context_options_init(options: *mut RmspropConte
     })
 }
 
-/// Reads a versioned struct: `struct_size` and `version` first, then the version's layout.
+/// Reads a versioned struct: `struct_size` and `version` first, then as many bytes as the
+/// layout of that version has (`sizes[version - 1]`) into a zeroed struct of the newest layout.
 ///
 /// # Safety
 /// `ptr` is non-null and readable for 8 bytes, and for `struct_size` bytes.
 unsafe fn read_versioned<S: Copy>(
     ptr: *const S,
     what: &str,
-    known_version: u32,
-    v1_size: u32,
-    reserved: impl Fn(&S) -> bool,
-) -> Result<S, String> {
+    sizes: &[u32],
+    zeroed: S,
+) -> Result<(S, u32), String> {
     // SAFETY: the first 8 bytes (struct_size, version) exist in every version (contract).
     let (size, version) = unsafe {
         let head = ptr.cast::<u32>();
         (head.read_unaligned(), head.add(1).read_unaligned())
     };
-    if version == 0 || version > known_version {
+    let known = sizes.len() as u32;
+    if version == 0 || version > known {
         return Err(format!(
-            "{what} version {version} is not one this library knows (1 to {known_version}): \
+            "{what} version {version} is not one this library knows (1 to {known}): \
              call the matching _init function"
         ));
     }
-    if size < v1_size {
+    let need = sizes[version as usize - 1];
+    if size < need {
         return Err(format!(
-            "{what} struct_size {size} is smaller than the {v1_size} bytes of version {version}"
+            "{what} struct_size {size} is smaller than the {need} bytes of version {version}"
         ));
     }
-    // SAFETY: `struct_size >= v1_size` bytes are readable (contract), covering the layout.
-    let value = unsafe { ptr.read_unaligned() };
-    if !reserved(&value) {
-        return Err(format!("{what} reserved bytes must be zero"));
-    }
-    Ok(value)
+    let mut value = zeroed;
+    // SAFETY: `need <= struct_size` bytes are readable (contract) and `need <= size_of::<S>()`
+    // (the newest layout is the largest); `value` is a separate local.
+    unsafe {
+        core::ptr::copy_nonoverlapping(
+            ptr.cast::<u8>(),
+            (&mut value as *mut S).cast::<u8>(),
+            need as usize,
+        )
+    };
+    Ok((value, version))
 }
 
 /// # Safety
@@ -424,17 +506,66 @@ unsafe fn hyperparameters(
     if hp.is_null() {
         return Err((RMSPROP_ERROR_NULL_POINTER, "hp is NULL".into()));
     }
+    let zeroed = RmspropHyperparameters {
+        struct_size: 0,
+        version: 0,
+        lr: 0.0,
+        alpha: 0.0,
+        eps: 0.0,
+        weight_decay: 0.0,
+        momentum: 0.0,
+        centered: 0,
+        maximize: 0,
+        semantics: 0,
+        eps_in_sqrt: 0,
+        nesterov: 0,
+        bias_correction: 0,
+        keras_lr_f32: 0,
+        reserved: [0; 9],
+        step: 0,
+    };
     // SAFETY: non-null, readable per the contract.
-    let h = unsafe {
+    let (h, version) = unsafe {
         read_versioned(
             hp,
             "RmspropHyperparameters",
-            RMSPROP_HYPERPARAMETERS_VERSION,
-            HP_V1_SIZE,
-            |h| h.reserved == [0; 14],
+            &[HP_V1_SIZE, HP_V2_SIZE],
+            zeroed,
         )
     }
     .map_err(|why| (RMSPROP_ERROR_STRUCT_SIZE, why))?;
+    // Version 1's 14 reserved bytes are where version 2 keeps its flags: all zero there.
+    let v2_flags = [
+        h.semantics,
+        h.eps_in_sqrt,
+        h.nesterov,
+        h.bias_correction,
+        h.keras_lr_f32,
+    ];
+    if h.reserved != [0; 9] || (version == 1 && v2_flags != [0; 5]) {
+        return Err((
+            RMSPROP_ERROR_STRUCT_SIZE,
+            "RmspropHyperparameters reserved bytes must be zero".into(),
+        ));
+    }
+    let semantics = match h.semantics {
+        RMSPROP_SEMANTICS_PYTORCH => Semantics::PyTorch,
+        RMSPROP_SEMANTICS_OPTAX => Semantics::Optax(OptaxOptions {
+            initial_scale: 0.0, // the caller's state starts where it wants; the step ignores it
+            eps_in_sqrt: h.eps_in_sqrt != 0,
+            nesterov: h.nesterov != 0,
+            bias_correction: h.bias_correction != 0,
+        }),
+        RMSPROP_SEMANTICS_KERAS => Semantics::Keras(KerasOptions {
+            lr_through_f32: h.keras_lr_f32 != 0,
+        }),
+        other => {
+            return Err((
+                RMSPROP_ERROR_INVALID_HYPERPARAMETER,
+                format!("semantics {other} is not RMSPROP_SEMANTICS_PYTORCH, _OPTAX or _KERAS"),
+            ))
+        }
+    };
     Ok(Hyperparameters {
         lr: h.lr,
         alpha: h.alpha,
@@ -443,6 +574,8 @@ unsafe fn hyperparameters(
         momentum: h.momentum,
         centered: h.centered != 0,
         maximize: h.maximize != 0,
+        semantics,
+        step: h.step,
     })
 }
 
@@ -513,17 +646,19 @@ pub unsafe extern "C" fn rmsprop_context_create(
             unsafe { o.assume_init() }
         } else {
             // SAFETY: non-null, readable for struct_size bytes (contract).
+            let zeroed = RmspropContextOptions {
+                struct_size: 0,
+                version: 0,
+                backend: 0,
+                threads: 0,
+                parallel_min_len: 0,
+                reserved: [0; 16],
+            };
             match unsafe {
-                read_versioned(
-                    options,
-                    "RmspropContextOptions",
-                    RMSPROP_CONTEXT_OPTIONS_VERSION,
-                    OPTIONS_V1_SIZE,
-                    |o| o.reserved == [0; 16],
-                )
+                read_versioned(options, "RmspropContextOptions", &[OPTIONS_V1_SIZE], zeroed)
             } {
-                Ok(o) => o,
-                Err(_) => return RMSPROP_ERROR_STRUCT_SIZE,
+                Ok((o, _)) if o.reserved == [0; 16] => o,
+                _ => return RMSPROP_ERROR_STRUCT_SIZE,
             }
         };
         let backend = if opts.backend == RMSPROP_BACKEND_AUTO {

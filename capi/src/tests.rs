@@ -271,12 +271,19 @@ fn shared_read_only_gradients_are_allowed() {
 #[test]
 fn versioned_structs() {
     let mut h = hp(0.0, false);
+    assert_eq!((h.version, h.struct_size), (2, 72));
     // an unknown later version is refused; so are non-zero reserved bytes and short sizes
     for edit in [
-        (|h: &mut RmspropHyperparameters| h.version = 2) as fn(&mut RmspropHyperparameters),
+        (|h: &mut RmspropHyperparameters| h.version = 3) as fn(&mut RmspropHyperparameters),
         |h| h.reserved[3] = 1,
-        |h| h.struct_size = 56,
+        |h| h.struct_size = 64, // version 2 needs 72
         |h| h.version = 0,
+        |h| {
+            // version 1: its 14 reserved bytes are where version 2 has flags
+            h.version = 1;
+            h.struct_size = 64;
+            h.semantics = RMSPROP_SEMANTICS_OPTAX;
+        },
     ] {
         let mut x = h;
         edit(&mut x);
@@ -286,21 +293,60 @@ fn versioned_structs() {
             RMSPROP_ERROR_STRUCT_SIZE
         );
     }
-    // a larger struct (a later header's size with version 1 fields) is accepted
+    // a version-1 struct of 64 bytes (an old caller) is read as PyTorch's semantics, and the
+    // bytes after it are not read
+    #[repr(C)]
+    struct V1 {
+        head: [u8; 64],
+        after: [u8; 8],
+    }
+    let mut v1 = h;
+    v1.version = 1;
+    v1.struct_size = 64;
+    v1.eps_in_sqrt = 0;
+    v1.keras_lr_f32 = 0;
+    v1.lr = 0.5;
+    // SAFETY: RmspropHyperparameters is 72 plain bytes.
+    let bytes: [u8; 72] = unsafe { core::mem::transmute(v1) };
+    let mut old = V1 {
+        head: [0; 64],
+        after: [0xFF; 8],
+    };
+    old.head.copy_from_slice(&bytes[..64]);
+    // SAFETY: reads 64 bytes (version 1's size) from a 72-byte local.
+    let read = unsafe { hyperparameters((&old as *const V1).cast()) }.unwrap();
+    assert_eq!((read.lr, read.step), (0.5, 0));
+    assert_eq!(read.semantics, rmsprop::Semantics::PyTorch);
+    // a larger struct (a later header's size with version-2 fields) is accepted
     h.struct_size = 128;
     #[repr(C)]
     struct Bigger {
         hp: RmspropHyperparameters,
-        more: [u8; 64],
+        more: [u8; 56],
     }
     let big = Bigger {
         hp: h,
-        more: [0xAB; 64],
+        more: [0xAB; 56],
     };
     // SAFETY: `big` is readable for 128 bytes.
     assert!(unsafe { hyperparameters(&big.hp) }.is_ok());
-    assert_eq!(core::mem::size_of::<RmspropHyperparameters>(), 64);
+    assert_eq!(core::mem::size_of::<RmspropHyperparameters>(), 72);
     assert_eq!(core::mem::size_of::<RmspropContextOptions>(), 40);
+    // the framework initialisers
+    let mut x = core::mem::MaybeUninit::uninit();
+    // SAFETY: writes one struct into the local.
+    let x = unsafe {
+        rmsprop_hyperparameters_init_optax(x.as_mut_ptr(), 0.01);
+        x.assume_init()
+    };
+    assert_eq!(
+        (x.semantics, x.eps_in_sqrt, x.alpha),
+        (RMSPROP_SEMANTICS_OPTAX, 1, 0.9)
+    );
+    // SAFETY: a live struct.
+    let mut y = unsafe { hyperparameters(&x) }.unwrap();
+    assert!(matches!(y.semantics, rmsprop::Semantics::Optax(_)));
+    y.semantics = rmsprop::Semantics::PyTorch;
 }
 
 #[test]

@@ -1,12 +1,16 @@
 //! Differential fuzzing: every available backend, serial and parallel, against the scalar
 //! reference, bit for bit (NaN where the reference has NaN), over arbitrary hyperparameters
 //! (valid and not), lengths, raw bit patterns, sub-slice offsets, several steps with changing lr,
-//! f32 and f64. Invalid input must give the same error everywhere and leave every buffer as it was.
+//! f32 and f64, under PyTorch's, optax's and Keras's semantics with every option. Invalid input
+//! must give the same error everywhere and leave every buffer as it was.
 #![no_main]
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use rmsprop_simd::{reference, Backend, Element, Hyperparameters, Kernel, State, Threading};
+use rmsprop_simd::{
+    reference, Backend, Element, Hyperparameters, KerasOptions, Kernel, OptaxOptions, Semantics,
+    State, Threading,
+};
 
 /// A hyperparameter: mostly in the useful range, sometimes any `f64` at all.
 #[derive(Arbitrary, Debug, Clone, Copy)]
@@ -44,6 +48,13 @@ struct Input {
     momentum: Value,
     centered: bool,
     maximize: bool,
+    /// 0: PyTorch; 1: optax; 2: Keras (taken modulo 3).
+    semantics: u8,
+    /// optax: eps_in_sqrt, nesterov, bias_correction; Keras: lr_through_f32 (the first).
+    options: [bool; 3],
+    initial_scale: Value,
+    /// The step number (optax's bias correction); 0 is refused there.
+    step: u16,
     offset: u8,
     /// The raw data is tiled `1 + tile % 4` times, so that inputs of a few KiB reach the lengths
     /// where the parallel path splits buffers into chunks (>= 128 elements).
@@ -122,6 +133,19 @@ fn run<T: FromBits>(input: &Input) {
         momentum: input.momentum.get(),
         centered: input.centered,
         maximize: input.maximize,
+        semantics: match input.semantics % 3 {
+            0 => Semantics::PyTorch,
+            1 => Semantics::Optax(OptaxOptions {
+                initial_scale: input.initial_scale.get(),
+                eps_in_sqrt: input.options[0],
+                nesterov: input.options[1],
+                bias_correction: input.options[2],
+            }),
+            _ => Semantics::Keras(KerasOptions {
+                lr_through_f32: input.options[0],
+            }),
+        },
+        step: input.step as u64,
     };
     let steps = 1 + input.steps as usize % 3;
 

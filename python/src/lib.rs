@@ -15,7 +15,10 @@ use numpy::{
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyList;
-use rmsprop_simd::{run_in_pool, Element, Hyperparameters, Kernel, State, TensorStep, Threading};
+use rmsprop_simd::{
+    run_in_pool, Element, Hyperparameters, KerasOptions, Kernel, OptaxOptions, Semantics, State,
+    TensorStep, Threading,
+};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -267,6 +270,40 @@ fn run<'py, T: NpElement + Element>(
     })
 }
 
+/// The semantics keyword arguments: `semantics` ("pytorch", "optax", "keras") and the options
+/// of optax (`eps_in_sqrt`, `nesterov`, `bias_correction`, `step`) and Keras (`keras_lr_f32`).
+#[derive(Clone, Copy)]
+struct Framework<'a> {
+    semantics: &'a str,
+    eps_in_sqrt: bool,
+    nesterov: bool,
+    bias_correction: bool,
+    step: u64,
+    keras_lr_f32: bool,
+}
+
+impl Framework<'_> {
+    fn semantics(&self) -> PyResult<Semantics> {
+        Ok(match self.semantics {
+            "pytorch" | "torch" => Semantics::PyTorch,
+            "optax" => Semantics::Optax(OptaxOptions {
+                initial_scale: 0.0,
+                eps_in_sqrt: self.eps_in_sqrt,
+                nesterov: self.nesterov,
+                bias_correction: self.bias_correction,
+            }),
+            "keras" => Semantics::Keras(KerasOptions {
+                lr_through_f32: self.keras_lr_f32,
+            }),
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "semantics must be \"pytorch\", \"optax\" or \"keras\", got {other:?}"
+                )))
+            }
+        })
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn dispatch<'py>(
     py: Python<'py>,
@@ -278,6 +315,7 @@ fn dispatch<'py>(
     momentum: f64,
     centered: bool,
     maximize: bool,
+    framework: Framework<'_>,
     num_threads: Option<usize>,
     single: bool,
 ) -> PyResult<()> {
@@ -300,6 +338,8 @@ fn dispatch<'py>(
         momentum,
         centered,
         maximize,
+        semantics: framework.semantics()?,
+        step: framework.step,
     };
     let threads = threads_or_default(num_threads)?;
     let Some(first) = lists.params.first() else {
@@ -318,13 +358,16 @@ fn dispatch<'py>(
     }
 }
 
-/// One RMSprop step (PyTorch's arithmetic) on numpy arrays, in place.
+/// One RMSprop step on numpy arrays, in place: PyTorch's arithmetic, or optax's or Keras's with
+/// `semantics="optax"` / `"keras"` (optax: eps_in_sqrt, nesterov, bias_correction with `step`,
+/// the number of this step from 1; Keras: keras_lr_f32). Optax's state starts at its
+/// initial_scale: fill square_avg with it before the first step.
 ///
 /// params, square_avg (and grad_avg when centered, momentum_buffer when momentum > 0) are
 /// updated; grads is only read. Every array: C-contiguous, the same dtype (float32 or float64)
 /// and the same number of elements. num_threads: None for every core, 1 for the calling thread.
 #[pyfunction]
-#[pyo3(signature = (params, grads, square_avg, grad_avg=None, momentum_buffer=None, *, lr, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=false, maximize=false, num_threads=None))]
+#[pyo3(signature = (params, grads, square_avg, grad_avg=None, momentum_buffer=None, *, lr, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=false, maximize=false, semantics="pytorch", eps_in_sqrt=true, nesterov=false, bias_correction=false, step=0, keras_lr_f32=true, num_threads=None))]
 #[allow(clippy::too_many_arguments)]
 fn step<'py>(
     py: Python<'py>,
@@ -340,8 +383,22 @@ fn step<'py>(
     momentum: f64,
     centered: bool,
     maximize: bool,
+    semantics: &str,
+    eps_in_sqrt: bool,
+    nesterov: bool,
+    bias_correction: bool,
+    step: u64,
+    keras_lr_f32: bool,
     num_threads: Option<usize>,
 ) -> PyResult<()> {
+    let framework = Framework {
+        semantics,
+        eps_in_sqrt,
+        nesterov,
+        bias_correction,
+        step,
+        keras_lr_f32,
+    };
     let one = |x: Option<Bound<'py, PyAny>>| Some(vec![x.filter(|x| !x.is_none())]);
     let lists = Lists {
         params: vec![params],
@@ -360,6 +417,7 @@ fn step<'py>(
         momentum,
         centered,
         maximize,
+        framework,
         num_threads,
         true,
     )
@@ -371,7 +429,7 @@ fn step<'py>(
 /// Lists of numpy arrays; a None gradient leaves its tensor untouched. grad_avgs /
 /// momentum_buffers may be None when unused, and may hold None for tensors without a gradient.
 #[pyfunction]
-#[pyo3(signature = (params, grads, square_avgs, grad_avgs=None, momentum_buffers=None, *, lr, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=false, maximize=false, num_threads=None))]
+#[pyo3(signature = (params, grads, square_avgs, grad_avgs=None, momentum_buffers=None, *, lr, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=false, maximize=false, semantics="pytorch", eps_in_sqrt=true, nesterov=false, bias_correction=false, step=0, keras_lr_f32=true, num_threads=None))]
 #[allow(clippy::too_many_arguments)]
 fn step_many<'py>(
     py: Python<'py>,
@@ -387,8 +445,22 @@ fn step_many<'py>(
     momentum: f64,
     centered: bool,
     maximize: bool,
+    semantics: &str,
+    eps_in_sqrt: bool,
+    nesterov: bool,
+    bias_correction: bool,
+    step: u64,
+    keras_lr_f32: bool,
     num_threads: Option<usize>,
 ) -> PyResult<()> {
+    let framework = Framework {
+        semantics,
+        eps_in_sqrt,
+        nesterov,
+        bias_correction,
+        step,
+        keras_lr_f32,
+    };
     let params = list(&params, "params")?;
     let n = params.len();
     let grads = list(&grads, "grads")?
@@ -412,6 +484,7 @@ fn step_many<'py>(
         momentum,
         centered,
         maximize,
+        framework,
         num_threads,
         false,
     )

@@ -144,3 +144,47 @@ def test_hyperparameter_check():
     with pytest.raises(ValueError, match="lr"):
         rmsprop_simd.check_hyperparameters("float32", lr=1e300)
     rmsprop_simd.check_hyperparameters("float64", lr=1e300)
+
+
+GOLDEN = __import__("pathlib").Path(__file__).resolve().parents[2] / "tests" / "golden"
+
+
+def golden_cases(name):
+    import json
+
+    meta = json.loads((GOLDEN / name / "cases.json").read_text())
+    return [(meta["tolerance"], c) for c in meta["cases"]]
+
+
+@pytest.mark.parametrize("tolerance, case", golden_cases("optax-0.2.8-keras-3.15"),
+                         ids=[c["name"] for _, c in golden_cases("optax-0.2.8-keras-3.15")])
+def test_optax_and_keras_golden_sets_through_the_numpy_api(tolerance, case):
+    from conftest import rule_error
+
+    dtype = np.float32 if case["dtype"] == "f32" else np.float64
+    load = lambda key: np.fromfile(GOLDEN / "optax-0.2.8-keras-3.15" / case["files"][key], dtype="<" + np.dtype(dtype).str[1:]).astype(dtype)
+    n, o = case["n"], case["options"]
+    framework = case["framework"].split()[0]
+    if framework == "optax":
+        kw = dict(semantics="optax", alpha=o["decay"], eps=o["eps"], centered=o["centered"],
+                  momentum=o["momentum"] or 0.0, eps_in_sqrt=o["eps_in_sqrt"], nesterov=o["nesterov"],
+                  bias_correction=o["bias_correction"])
+        v0 = o["initial_scale"]
+    else:
+        kw = dict(semantics="keras", alpha=o["rho"], eps=o["epsilon"], centered=o["centered"],
+                  momentum=o["momentum"] or 0.0, weight_decay=o["weight_decay"] or 0.0)
+        v0 = 0.0
+    p0 = load("params0")
+    grads = load("grads").reshape(case["steps"], n)
+    p = p0.copy()
+    v = np.full(n, v0, dtype)
+    ga = np.zeros(n, dtype) if kw["centered"] else None
+    b = np.zeros(n, dtype) if kw["momentum"] > 0 else None
+    for s, lr in enumerate(case["lr"]):
+        rmsprop_simd.step(p, np.ascontiguousarray(grads[s]), v, ga, b, lr=lr, step=s + 1, **kw)
+    tol = tolerance[case["dtype"]]
+    for key, got, start in (("params", p, p0), ("square_avg", v, np.full(n, v0, dtype)),
+                            ("grad_avg", ga, np.zeros(n, dtype)), ("momentum_buffer", b, np.zeros(n, dtype))):
+        if key in case["files"]:
+            err = rule_error(got, load(key), start)
+            assert err <= tol, f"{case['name']} {key}: {err:.3g} > {tol}"

@@ -55,7 +55,12 @@ pub const SCHEDULER_KEYS: [&str; 5] = [
 const IGNORED_GROUP_KEYS: [&str; 3] = ["foreach", "capturable", "differentiable"];
 
 /// Keys of a group with optax semantics (`"semantics": "optax"`), and with Keras's.
-const OPTAX_KEYS: [&str; 4] = ["initial_scale", "eps_in_sqrt", "nesterov", "bias_correction"];
+const OPTAX_KEYS: [&str; 4] = [
+    "initial_scale",
+    "eps_in_sqrt",
+    "nesterov",
+    "bias_correction",
+];
 const KERAS_KEYS: [&str; 1] = ["lr_through_f32"];
 
 /// The hyperparameter keys, with `params`.

@@ -86,7 +86,10 @@ fn number_or_none(obj: &Value, key: &str, ctx: &str) -> Result<f64, String> {
 /// The case's hyperparameters: PyTorch's fields, or, with `framework` (`optax ...`,
 /// `keras ...`), the library's own argument names under `options`.
 fn hyperparameters(c: &Value, ctx: &str) -> Result<Hyperparameters, String> {
-    let framework = c.get("framework").and_then(Value::as_str).unwrap_or("torch");
+    let framework = c
+        .get("framework")
+        .and_then(Value::as_str)
+        .unwrap_or("torch");
     let name = framework.split_whitespace().next().unwrap_or("");
     let options = || {
         let o = field(c, "options", ctx)?;
@@ -95,7 +98,10 @@ fn hyperparameters(c: &Value, ctx: &str) -> Result<Hyperparameters, String> {
             .map(|_| o)
     };
     let only = |o: &Value, known: &[&str]| -> Result<(), String> {
-        match o.as_object().and_then(|m| m.keys().find(|k| !known.contains(&k.as_str()))) {
+        match o
+            .as_object()
+            .and_then(|m| m.keys().find(|k| !known.contains(&k.as_str())))
+        {
             Some(k) => Err(format!("{ctx}: unknown {name} option `{k}`")),
             None => Ok(()),
         }
@@ -112,7 +118,19 @@ fn hyperparameters(c: &Value, ctx: &str) -> Result<Hyperparameters, String> {
         }),
         "optax" => {
             let o = options()?;
-            only(o, &["decay", "eps", "initial_scale", "eps_in_sqrt", "centered", "momentum", "nesterov", "bias_correction"])?;
+            only(
+                o,
+                &[
+                    "decay",
+                    "eps",
+                    "initial_scale",
+                    "eps_in_sqrt",
+                    "centered",
+                    "momentum",
+                    "nesterov",
+                    "bias_correction",
+                ],
+            )?;
             Ok(Hyperparameters {
                 alpha: number(o, "decay", ctx)?,
                 eps: number(o, "eps", ctx)?,
@@ -129,7 +147,10 @@ fn hyperparameters(c: &Value, ctx: &str) -> Result<Hyperparameters, String> {
         }
         "keras" => {
             let o = options()?;
-            only(o, &["rho", "momentum", "epsilon", "centered", "weight_decay"])?;
+            only(
+                o,
+                &["rho", "momentum", "epsilon", "centered", "weight_decay"],
+            )?;
             Ok(Hyperparameters {
                 alpha: number(o, "rho", ctx)?,
                 eps: number(o, "epsilon", ctx)?,

@@ -81,6 +81,8 @@ typedef struct {
     double alpha, eps, weight_decay, momentum, tol_f32, tol_f64;
     int centered, maximize;
     char files[6][256]; /* params0 grads params square_avg grad_avg momentum_buffer ("-" absent) */
+    int semantics, eps_in_sqrt, nesterov, bias_correction; /* 0 PyTorch, 1 optax, 2 Keras */
+    double initial_scale;                                  /* optax: square_avg's start */
     double *lr;
 } Case;
 
@@ -136,9 +138,23 @@ static void run_open(const char *dir, const Case *c, Run *r) {
     r->params0 = read_file(dir, c->files[0], n * es);
     r->grads = read_file(dir, c->files[1], c->steps * n * es);
     r->square_avg = calloc(n ? n : 1, es);
+    for (size_t i = 0; i < n; i++) {
+        if (es == 4)
+            ((float *)r->square_avg)[i] = (float)c->initial_scale;
+        else
+            ((double *)r->square_avg)[i] = c->initial_scale;
+    }
     r->grad_avg = strcmp(c->files[4], "-") ? calloc(n ? n : 1, es) : NULL;
     r->momentum_buffer = strcmp(c->files[5], "-") ? calloc(n ? n : 1, es) : NULL;
-    rmsprop_hyperparameters_init(&r->hp);
+    if (c->semantics == 1)
+        rmsprop_hyperparameters_init_optax(&r->hp, 0.0);
+    else if (c->semantics == 2)
+        rmsprop_hyperparameters_init_keras(&r->hp);
+    else
+        rmsprop_hyperparameters_init(&r->hp);
+    r->hp.eps_in_sqrt = (uint8_t)c->eps_in_sqrt;
+    r->hp.nesterov = (uint8_t)c->nesterov;
+    r->hp.bias_correction = (uint8_t)c->bias_correction;
     r->hp.alpha = c->alpha;
     r->hp.eps = c->eps;
     r->hp.weight_decay = c->weight_decay;
@@ -152,6 +168,8 @@ static void run_check(const char *dir, const Case *c, Run *r, const char *how) {
     size_t es = f32 ? 4 : 8, n = c->n;
     double tol = f32 ? c->tol_f32 : c->tol_f64, tiny = f32 ? 1.17549435e-38 : 2.2250738585072014e-308;
     double *zeros = calloc(n ? n : 1, sizeof(double));
+    double *v0 = malloc((n ? n : 1) * sizeof(double));
+    for (size_t i = 0; i < n; i++) v0[i] = f32 ? (double)(float)c->initial_scale : c->initial_scale;
     void *got[4] = {r->params, r->square_avg, r->grad_avg, r->momentum_buffer};
     const char *names[4] = {"params", "square_avg", "grad_avg", "momentum_buffer"};
     double *start = widen(r->params0, n, f32);
@@ -159,7 +177,7 @@ static void run_check(const char *dir, const Case *c, Run *r, const char *how) {
         if (strcmp(c->files[2 + k], "-") == 0) continue;
         void *expected = read_file(dir, c->files[2 + k], n * es);
         double *x = widen(got[k], n, f32), *e = widen(expected, n, f32);
-        double err = rel_error(x, e, k == 0 ? start : zeros, n, tiny);
+        double err = rel_error(x, e, k == 0 ? start : k == 1 ? v0 : zeros, n, tiny);
         CHECK(err <= tol, "%s %s (%s): relative error %g > %g", c->name, names[k], how, err, tol);
         free(x);
         free(e);
@@ -167,6 +185,7 @@ static void run_check(const char *dir, const Case *c, Run *r, const char *how) {
     }
     free(start);
     free(zeros);
+    free(v0);
     free(r->params);
     free(r->params0);
     free(r->grads);
@@ -182,6 +201,7 @@ static void run_case(const char *dir, const Case *c, RmspropContext *ctx, const 
     run_open(dir, c, &r);
     for (size_t s = 0; s < c->steps; s++) {
         r.hp.lr = c->lr[s];
+        r.hp.step = s + 1;
         int rc = f32 ? rmsprop_step_f32(ctx, &r.hp, n, r.params, (const float *)(r.grads + s * n * es),
                                         r.square_avg, r.grad_avg, r.momentum_buffer)
                      : rmsprop_step_f64(ctx, &r.hp, n, r.params, (const double *)(r.grads + s * n * es),
@@ -214,6 +234,7 @@ static void run_multi(const char *dir, const Case *cases, size_t count, bool f32
         for (size_t i = 0; i < m; i++) {
             const Case *c = sel[i];
             runs[i].hp.lr = s < c->steps ? c->lr[s] : 0.0;
+            runs[i].hp.step = s + 1;
             hps[i] = &runs[i].hp;
             lens[i] = c->n;
             p[i] = runs[i].params;
@@ -246,10 +267,13 @@ static size_t read_cases(Case *cases, size_t max) {
     while (count < max && fgets(line, sizeof line, stdin)) {
         Case *c = &cases[count];
         int off = 0;
-        if (sscanf(line, "%127s %7s %zu %zu %lf %lf %lf %lf %d %d %lf %lf %255s %255s %255s %255s %255s %255s%n",
+        if (sscanf(line,
+                   "%127s %7s %zu %zu %lf %lf %lf %lf %d %d %lf %lf %255s %255s %255s %255s %255s %255s "
+                   "%d %d %d %d %lf%n",
                    c->name, c->dtype, &c->n, &c->steps, &c->alpha, &c->eps, &c->weight_decay, &c->momentum,
                    &c->centered, &c->maximize, &c->tol_f32, &c->tol_f64, c->files[0], c->files[1], c->files[2],
-                   c->files[3], c->files[4], c->files[5], &off) != 18) {
+                   c->files[3], c->files[4], c->files[5], &c->semantics, &c->eps_in_sqrt, &c->nesterov,
+                   &c->bias_correction, &c->initial_scale, &off) != 23) {
             fprintf(stderr, "malformed case line: %s\n", line);
             exit(2);
         }
@@ -369,10 +393,10 @@ static void test_errors(void) {
         }
     }
     RmspropHyperparameters h = hp;
-    h.version = 2;
+    h.version = 3;
     EXPECT_ERR(ctx, rmsprop_step_f32(ctx, &h, N, P, G, V, NULL, NULL), RMSPROP_ERROR_STRUCT_SIZE, "version");
     h = hp;
-    h.struct_size = 56;
+    h.struct_size = 64; /* version 2 is 72 bytes */
     EXPECT_ERR(ctx, rmsprop_step_f32(ctx, &h, N, P, G, V, NULL, NULL), RMSPROP_ERROR_STRUCT_SIZE, "struct_size");
     h = hp;
     h.reserved[0] = 1;
@@ -652,7 +676,7 @@ int main(int argc, char **argv) {
     }
     CHECK(rmsprop_abi_version() == RMSPROP_ABI_VERSION, "ABI version %u", rmsprop_abi_version());
     CHECK(strlen(rmsprop_version()) > 0, "version string");
-    CHECK(sizeof(RmspropHyperparameters) == 64, "hyperparameters layout: %zu bytes", sizeof(RmspropHyperparameters));
+    CHECK(sizeof(RmspropHyperparameters) == 72, "hyperparameters layout: %zu bytes", sizeof(RmspropHyperparameters));
     CHECK(sizeof(RmspropContextOptions) == 40, "options layout: %zu bytes", sizeof(RmspropContextOptions));
     printf("rmsprop-simd %s, C ABI %u, detected backend %d\n", rmsprop_version(), rmsprop_abi_version(),
            rmsprop_backend_detect());
