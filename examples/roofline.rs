@@ -18,6 +18,7 @@
 //! cargo run --release --example roofline                   # full table, plot in target/roofline/
 //! cargo run --release --example roofline -- --quick        # fewer sizes
 //! cargo run --release --example roofline -- --threshold    # only the parallel-threshold section
+//! cargo run --release --example roofline -- --sizes 3e4,3e7 --variants optax,keras  # a subset
 //! cargo run --release --example roofline -- --svg out.svg  # plot elsewhere (docs/roofline.svg)
 //! ```
 
@@ -148,11 +149,14 @@ impl<T: Element + PulpFloat> WithSimd for Stream<'_, T> {
     }
 }
 
-/// The divider probe: `out = a / (sqrt(b) + eps)`, one sqrt and one div per element.
+/// The divider probe: `out = a / (sqrt(b) + eps)`, one sqrt and one div per element; with
+/// `divs = 2`, `a / (sqrt(b / c) + eps)`; with 3, `(a / c) / (sqrt(b / c) + eps)`: the sqrt and
+/// division count of the variant it bounds.
 struct Divider<'a, T> {
     a: &'a [T],
     b: &'a [T],
     out: &'a mut [T],
+    divs: usize,
 }
 
 impl<T: Element + PulpFloat> WithSimd for Divider<'_, T> {
@@ -160,11 +164,29 @@ impl<T: Element + PulpFloat> WithSimd for Divider<'_, T> {
     #[inline(always)]
     fn with_simd<S: Simd>(self, simd: S) {
         let eps = T::v_splat(simd, T::from_f64(1e-8));
+        let c = T::v_splat(simd, T::from_f64(0.9));
         let (a, _) = T::v_as_simd::<S>(self.a);
         let (b, _) = T::v_as_simd::<S>(self.b);
         let (out, _) = T::v_as_mut_simd::<S>(self.out);
-        for ((o, &a), &b) in out.iter_mut().zip(a).zip(b) {
-            *o = T::v_div(simd, a, T::v_add(simd, T::v_sqrt(simd, b), eps));
+        macro_rules! probe {
+            (|$a:ident, $b:ident| $e:expr) => {
+                for ((o, &$a), &$b) in out.iter_mut().zip(a).zip(b) {
+                    *o = $e;
+                }
+            };
+        }
+        match self.divs {
+            1 => probe!(|a, b| T::v_div(simd, a, T::v_add(simd, T::v_sqrt(simd, b), eps))),
+            2 => probe!(|a, b| T::v_div(
+                simd,
+                a,
+                T::v_add(simd, T::v_sqrt(simd, T::v_div(simd, b, c)), eps)
+            )),
+            _ => probe!(|a, b| T::v_div(
+                simd,
+                T::v_div(simd, a, c),
+                T::v_add(simd, T::v_sqrt(simd, T::v_div(simd, b, c)), eps)
+            )),
         }
     }
 }
@@ -294,8 +316,9 @@ impl<T: Element + PulpFloat> DividerData<T> {
         }
     }
 
-    /// One pass of the divider probe on `backend`, on the calling thread.
-    fn run(&self, backend: BackendKind) {
+    /// One pass of the divider probe with `divs` divisions per element on `backend`, on the
+    /// calling thread.
+    fn run(&self, backend: BackendKind, divs: usize) {
         let out = &mut self.out.lock().unwrap()[..];
         on_backend(
             backend,
@@ -303,6 +326,7 @@ impl<T: Element + PulpFloat> DividerData<T> {
                 a: &self.a,
                 b: &self.b,
                 out,
+                divs,
             },
         )
     }
@@ -336,6 +360,7 @@ impl Row {
 }
 
 fn measure<T: Element + PulpFloat>(
+    only: &Option<Vec<String>>,
     sizes: &[usize],
     thread_counts: &[usize],
     rows: &mut Vec<Row>,
@@ -364,6 +389,12 @@ fn measure<T: Element + PulpFloat>(
         "% roof"
     );
     for variant in variants() {
+        if only
+            .as_ref()
+            .is_some_and(|o| !o.iter().any(|n| n == variant.name))
+        {
+            continue;
+        }
         let (read, written) = traffic(&variant.hp);
         let bytes = ((read + written) * size) as f64;
         for &len in sizes {
@@ -382,7 +413,7 @@ fn measure<T: Element + PulpFloat>(
                 let step = |b: &mut Buffers<T>| b.kernel_step(&kernel, &variant.hp);
                 let probe_1 = |b: &mut Buffers<T>| bandwidth_probe(backend, b, 1);
                 let probe_n = |b: &mut Buffers<T>| bandwidth_probe(backend, b, threads);
-                let divider = |_: &mut Buffers<T>| divider_data.run(backend);
+                let divider = |_: &mut Buffers<T>| divider_data.run(backend, variant.divs);
                 // The bandwidth limit for `threads` threads is the better of the probe on one
                 // thread and split over all of them: the kernel may do either.
                 // The divider probe runs in the same rounds: a busy SMT sibling on this shared VM
@@ -549,7 +580,24 @@ fn main() {
         parallel_threshold();
         return;
     }
-    let sizes: Vec<usize> = if quick {
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1).cloned())
+    };
+    let only: Option<Vec<String>> =
+        arg("--variants").map(|v| v.split(',').map(str::to_string).collect());
+    let explicit_sizes: Option<Vec<usize>> = arg("--sizes").map(|v| {
+        v.split(',')
+            .map(|x| {
+                x.parse::<f64>()
+                    .expect("--sizes takes numbers like 3e4,3e7") as usize
+            })
+            .collect()
+    });
+    let sizes: Vec<usize> = if let Some(s) = explicit_sizes {
+        s
+    } else if quick {
         vec![1_000, 30_000, 1_000_000, 10_000_000]
     } else {
         vec![
@@ -575,8 +623,8 @@ fn main() {
     println!("GB/s counts the minimal traffic: each input read once, each output written once.");
     let mut rows = Vec::new();
     let mut baseline = Vec::new();
-    measure::<f32>(&sizes, &thread_counts, &mut rows, &mut baseline);
-    measure::<f64>(&sizes, &thread_counts, &mut rows, &mut baseline);
+    measure::<f32>(&only, &sizes, &thread_counts, &mut rows, &mut baseline);
+    measure::<f64>(&only, &sizes, &thread_counts, &mut rows, &mut baseline);
 
     println!("\nfused vs multi-pass baseline (plain, 1 thread; foreach-shaped, fresh temporary):");
     for (dtype, len, fused, multi) in &baseline {

@@ -1,9 +1,9 @@
 //! The fused SIMD kernel, written once over pulp's `Simd` and the element type.
 //!
-//! One loop ([`drive`]) walks the buffers; each semantics is a rule ([`pytorch`], [`optax`],
-//! [`keras`]): a per-vector update whose switches are const generics, so every combination is
-//! its own branch-free loop. The runtime switches become const generics through
-//! [`with_consts!`], which generates the `2^n` instantiations: no case list is written by hand.
+//! One loop (`drive`) walks the buffers; each semantics is a rule type (`PyTorch`, `Optax`,
+//! `Keras`) implementing a per-vector update whose switches are const generics, so every
+//! combination is its own branch-free loop. The runtime switches become const generics through
+//! `with_consts!`, which generates the `2^n` instantiations: no case list is written by hand.
 use crate::{Coefficients, Element, Rule};
 use pulp::{Simd, WithSimd};
 
@@ -87,7 +87,7 @@ impl<T: Element> WithSimd for Pass<'_, T> {
         match k.rule {
             Rule::PyTorch => with_consts!(
                 [] [k.centered, k.use_momentum, k.use_weight_decay, k.maximize]
-                pytorch::<S, T>(simd, &k, bufs)
+                run_pytorch::<S, T>(simd, &k, bufs)
             ),
             Rule::Optax {
                 eps_in_sqrt,
@@ -95,11 +95,11 @@ impl<T: Element> WithSimd for Pass<'_, T> {
                 bias_correction,
             } => with_consts!(
                 [] [k.centered, k.use_momentum, nesterov, eps_in_sqrt, bias_correction]
-                optax::<S, T>(simd, &k, bufs)
+                run_optax::<S, T>(simd, &k, bufs)
             ),
             Rule::Keras => with_consts!(
                 [] [k.centered, k.use_momentum, k.use_weight_decay]
-                keras::<S, T>(simd, &k, bufs)
+                run_keras::<S, T>(simd, &k, bufs)
             ),
         }
     }
@@ -108,22 +108,30 @@ impl<T: Element> WithSimd for Pass<'_, T> {
 /// `(param, square_avg, grad_avg, momentum_buffer)` after one vector step.
 type Updated<V> = (V, V, V, V);
 
-/// The loop shared by every rule: `step(p, g, v, ga, b)` on each full vector, then once on the
-/// tail through partial loads and stores. `grad_avg` is read and written only when `GA`,
-/// `momentum_buffer` only when `B` (otherwise they are empty and `zero` stands in).
+/// A semantics' per-vector update, with its coefficients splatted once per pass. A trait method
+/// (not a closure) so that `#[inline(always)]` keeps it inside pulp's target-feature context.
+trait VectorRule<S: Simd, T: Element> {
+    /// Reads and writes `grad_avg`.
+    const GA: bool;
+    /// Reads and writes `momentum_buffer`.
+    const B: bool;
+    fn step(
+        &self,
+        simd: S,
+        p: T::Vector<S>,
+        g: T::Vector<S>,
+        v: T::Vector<S>,
+        ga: T::Vector<S>,
+        b: T::Vector<S>,
+    ) -> Updated<T::Vector<S>>;
+}
+
+/// The loop shared by every rule: `rule.step` on each full vector, then once on the tail
+/// through partial loads and stores. `grad_avg` is read and written only when `R::GA`,
+/// `momentum_buffer` only when `R::B` (otherwise they are empty and zero stands in).
 #[inline(always)]
-fn drive<S: Simd, T: Element, const GA: bool, const B: bool>(
-    simd: S,
-    bufs: Buffers<'_, T>,
-    zero: T::Vector<S>,
-    step: impl Fn(
-        T::Vector<S>,
-        T::Vector<S>,
-        T::Vector<S>,
-        T::Vector<S>,
-        T::Vector<S>,
-    ) -> Updated<T::Vector<S>>,
-) {
+fn drive<S: Simd, T: Element, R: VectorRule<S, T>>(simd: S, bufs: Buffers<'_, T>, rule: &R) {
+    let zero = T::splat(simd, T::zero());
     let (p_head, p_tail) = T::as_mut_simd::<S>(bufs.params);
     let (g_head, g_tail) = T::as_simd::<S>(bufs.grads);
     let (v_head, v_tail) = T::as_mut_simd::<S>(bufs.square_avg);
@@ -134,36 +142,37 @@ fn drive<S: Simd, T: Element, const GA: bool, const B: bool>(
     let n = p_head.len();
     let g_head = &g_head[..n];
     let v_head = &mut v_head[..n];
-    let ga_head = if GA { &mut ga_head[..n] } else { ga_head };
-    let b_head = if B { &mut b_head[..n] } else { b_head };
+    let ga_head = if R::GA { &mut ga_head[..n] } else { ga_head };
+    let b_head = if R::B { &mut b_head[..n] } else { b_head };
 
     for i in 0..n {
-        let ga = if GA { ga_head[i] } else { zero };
-        let b = if B { b_head[i] } else { zero };
-        let (p, v, ga, b) = step(p_head[i], g_head[i], v_head[i], ga, b);
+        let ga = if R::GA { ga_head[i] } else { zero };
+        let b = if R::B { b_head[i] } else { zero };
+        let (p, v, ga, b) = rule.step(simd, p_head[i], g_head[i], v_head[i], ga, b);
         p_head[i] = p;
         v_head[i] = v;
-        if GA {
+        if R::GA {
             ga_head[i] = ga;
         }
-        if B {
+        if R::B {
             b_head[i] = b;
         }
     }
 
     // The tail (shorter than one vector) goes through the same per-vector step.
     if !p_tail.is_empty() {
-        let ga = if GA {
+        let ga = if R::GA {
             T::partial_load(simd, ga_tail)
         } else {
             zero
         };
-        let b = if B {
+        let b = if R::B {
             T::partial_load(simd, b_tail)
         } else {
             zero
         };
-        let (p, v, ga, b) = step(
+        let (p, v, ga, b) = rule.step(
+            simd,
             T::partial_load(simd, p_tail),
             T::partial_load(simd, g_tail),
             T::partial_load(simd, v_tail),
@@ -172,181 +181,265 @@ fn drive<S: Simd, T: Element, const GA: bool, const B: bool>(
         );
         T::partial_store(simd, p_tail, p);
         T::partial_store(simd, v_tail, v);
-        if GA {
+        if R::GA {
             T::partial_store(simd, ga_tail, ga);
         }
-        if B {
+        if R::B {
             T::partial_store(simd, b_tail, b);
         }
     }
 }
 
 /// PyTorch's step (see [`crate::reference`]), lane by lane.
-#[inline(always)]
-fn pytorch<
-    S: Simd,
-    T: Element,
-    const CENTERED: bool,
-    const MOMENTUM: bool,
-    const WEIGHT_DECAY: bool,
-    const MAXIMIZE: bool,
->(
-    simd: S,
-    k: &Coefficients<T>,
-    bufs: Buffers<'_, T>,
-) {
-    let splat = |x: T| T::splat(simd, x);
-    let (alpha, c, c_minus_one) = (
-        splat(k.alpha),
-        splat(k.one_minus_alpha),
-        splat(k.one_minus_alpha_minus_one),
-    );
-    let (eps, wd, m, neg_lr) = (
-        splat(k.eps),
-        splat(k.weight_decay),
-        splat(k.momentum),
-        splat(k.neg_lr),
-    );
-    let lerp_from_end = k.lerp_from_end();
-    drive::<S, T, CENTERED, MOMENTUM>(simd, bufs, splat(T::zero()), |p, grad, v, ga, b| {
-        let mut g = if MAXIMIZE { T::vneg(simd, grad) } else { grad };
-        if WEIGHT_DECAY {
-            g = T::vfma(simd, p, wd, g);
+struct PyTorch<V, const CENTERED: bool, const MOMENTUM: bool, const WD: bool, const MAX: bool> {
+    alpha: V,
+    c: V,
+    c_minus_one: V,
+    eps: V,
+    wd: V,
+    m: V,
+    neg_lr: V,
+    lerp_from_end: bool,
+}
+
+impl<S: Simd, T: Element, const C: bool, const M: bool, const W: bool, const X: bool>
+    VectorRule<S, T> for PyTorch<T::Vector<S>, C, M, W, X>
+{
+    const GA: bool = C;
+    const B: bool = M;
+
+    #[inline(always)]
+    fn step(
+        &self,
+        simd: S,
+        p: T::Vector<S>,
+        grad: T::Vector<S>,
+        v: T::Vector<S>,
+        ga: T::Vector<S>,
+        b: T::Vector<S>,
+    ) -> Updated<T::Vector<S>> {
+        let mut g = if X { T::vneg(simd, grad) } else { grad };
+        if W {
+            g = T::vfma(simd, p, self.wd, g);
         }
-        let v = T::vfma(simd, T::vmul(simd, c, g), g, T::vmul(simd, alpha, v));
-        let (den, ga) = if CENTERED {
+        let v = T::vfma(
+            simd,
+            T::vmul(simd, self.c, g),
+            g,
+            T::vmul(simd, self.alpha, v),
+        );
+        let (den, ga) = if C {
             let d = T::vsub(simd, g, ga);
-            let ga = if lerp_from_end {
-                T::vfma(simd, c_minus_one, d, g)
+            let ga = if self.lerp_from_end {
+                T::vfma(simd, self.c_minus_one, d, g)
             } else {
-                T::vfma(simd, c, d, ga)
+                T::vfma(simd, self.c, d, ga)
             };
             (T::vsqrt(simd, T::vfma(simd, T::vneg(simd, ga), ga, v)), ga)
         } else {
             (T::vsqrt(simd, v), ga)
         };
-        let den = T::vadd(simd, den, eps);
-        if MOMENTUM {
-            let b = T::vadd(simd, T::vmul(simd, m, b), T::vdiv(simd, g, den));
-            (T::vfma(simd, b, neg_lr, p), v, ga, b)
+        let den = T::vadd(simd, den, self.eps);
+        if M {
+            let b = T::vadd(simd, T::vmul(simd, self.m, b), T::vdiv(simd, g, den));
+            (T::vfma(simd, b, self.neg_lr, p), v, ga, b)
         } else {
-            let p = T::vadd(simd, p, T::vdiv(simd, T::vmul(simd, neg_lr, g), den));
+            let p = T::vadd(simd, p, T::vdiv(simd, T::vmul(simd, self.neg_lr, g), den));
             (p, v, ga, b)
         }
-    })
+    }
 }
 
-/// optax's step (see [`crate::reference`]), lane by lane.
 #[inline(always)]
-fn optax<
-    S: Simd,
-    T: Element,
-    const CENTERED: bool,
-    const MOMENTUM: bool,
-    const NESTEROV: bool,
-    const EPS_IN_SQRT: bool,
-    const BIAS_CORRECTION: bool,
->(
+fn run_pytorch<S: Simd, T: Element, const C: bool, const M: bool, const W: bool, const X: bool>(
     simd: S,
     k: &Coefficients<T>,
     bufs: Buffers<'_, T>,
 ) {
     let splat = |x: T| T::splat(simd, x);
-    let (d, c, eps, m) = (
-        splat(k.alpha),
-        splat(k.one_minus_alpha),
-        splat(k.eps),
-        splat(k.momentum),
-    );
-    let (neg_lr, bc, one) = (splat(k.neg_lr), splat(k.bias_correction), splat(T::one()));
-    drive::<S, T, CENTERED, MOMENTUM>(simd, bufs, splat(T::zero()), |p, g, v, ga, b| {
+    let rule = PyTorch::<T::Vector<S>, C, M, W, X> {
+        alpha: splat(k.alpha),
+        c: splat(k.one_minus_alpha),
+        c_minus_one: splat(k.one_minus_alpha_minus_one),
+        eps: splat(k.eps),
+        wd: splat(k.weight_decay),
+        m: splat(k.momentum),
+        neg_lr: splat(k.neg_lr),
+        lerp_from_end: k.lerp_from_end(),
+    };
+    drive::<S, T, _>(simd, bufs, &rule);
+}
+
+/// optax's step (see [`crate::reference`]), lane by lane.
+struct Optax<V, const C: bool, const M: bool, const N: bool, const E: bool, const BC: bool> {
+    d: V,
+    c: V,
+    eps: V,
+    m: V,
+    neg_lr: V,
+    bc: V,
+    one: V,
+}
+
+impl<
+        S: Simd,
+        T: Element,
+        const C: bool,
+        const M: bool,
+        const N: bool,
+        const E: bool,
+        const BC: bool,
+    > VectorRule<S, T> for Optax<T::Vector<S>, C, M, N, E, BC>
+{
+    const GA: bool = C;
+    const B: bool = M;
+
+    #[inline(always)]
+    fn step(
+        &self,
+        simd: S,
+        p: T::Vector<S>,
+        g: T::Vector<S>,
+        v: T::Vector<S>,
+        ga: T::Vector<S>,
+        b: T::Vector<S>,
+    ) -> Updated<T::Vector<S>> {
         let v = T::vadd(
             simd,
-            T::vmul(simd, c, T::vmul(simd, g, g)),
-            T::vmul(simd, d, v),
+            T::vmul(simd, self.c, T::vmul(simd, g, g)),
+            T::vmul(simd, self.d, v),
         );
-        let ga = if CENTERED {
-            T::vadd(simd, T::vmul(simd, c, g), T::vmul(simd, d, ga))
+        let ga = if C {
+            T::vadd(simd, T::vmul(simd, self.c, g), T::vmul(simd, self.d, ga))
         } else {
             ga
         };
-        let (vh, gh) = if BIAS_CORRECTION {
-            let gh = if CENTERED { T::vdiv(simd, ga, bc) } else { ga };
-            (T::vdiv(simd, v, bc), gh)
+        let (vh, gh) = if BC {
+            let gh = if C { T::vdiv(simd, ga, self.bc) } else { ga };
+            (T::vdiv(simd, v, self.bc), gh)
         } else {
             (v, ga)
         };
-        let den = if CENTERED {
+        let den = if C {
             T::vsub(simd, vh, T::vmul(simd, gh, gh))
         } else {
             vh
         };
-        let s = if EPS_IN_SQRT {
-            T::vdiv(simd, one, T::vsqrt(simd, T::vadd(simd, den, eps)))
+        let s = if E {
+            T::vdiv(simd, self.one, T::vsqrt(simd, T::vadd(simd, den, self.eps)))
         } else {
-            T::vdiv(simd, one, T::vadd(simd, T::vsqrt(simd, den), eps))
+            T::vdiv(simd, self.one, T::vadd(simd, T::vsqrt(simd, den), self.eps))
         };
-        let mut u = T::vmul(simd, T::vmul(simd, s, g), neg_lr);
+        let mut u = T::vmul(simd, T::vmul(simd, s, g), self.neg_lr);
         let mut b = b;
-        if MOMENTUM {
-            b = T::vadd(simd, u, T::vmul(simd, m, b));
-            u = if NESTEROV {
-                T::vadd(simd, u, T::vmul(simd, m, b))
+        if M {
+            b = T::vadd(simd, u, T::vmul(simd, self.m, b));
+            u = if N {
+                T::vadd(simd, u, T::vmul(simd, self.m, b))
             } else {
                 b
             };
         }
         (T::vadd(simd, p, u), v, ga, b)
-    })
+    }
 }
 
-/// Keras 3's step (see [`crate::reference`]), lane by lane.
 #[inline(always)]
-fn keras<
+fn run_optax<
     S: Simd,
     T: Element,
-    const CENTERED: bool,
-    const MOMENTUM: bool,
-    const WEIGHT_DECAY: bool,
+    const C: bool,
+    const M: bool,
+    const N: bool,
+    const E: bool,
+    const BC: bool,
 >(
     simd: S,
     k: &Coefficients<T>,
     bufs: Buffers<'_, T>,
 ) {
     let splat = |x: T| T::splat(simd, x);
-    let (r, c, eps, m) = (
-        splat(k.alpha),
-        splat(k.one_minus_alpha),
-        splat(k.eps),
-        splat(k.momentum),
-    );
-    let (lr, wd) = (splat(k.lr), splat(k.weight_decay));
-    drive::<S, T, CENTERED, MOMENTUM>(simd, bufs, splat(T::zero()), |p, g, v, ga, b| {
-        let p = if WEIGHT_DECAY {
-            T::vsub(simd, p, T::vmul(simd, T::vmul(simd, p, wd), lr))
+    let rule = Optax::<T::Vector<S>, C, M, N, E, BC> {
+        d: splat(k.alpha),
+        c: splat(k.one_minus_alpha),
+        eps: splat(k.eps),
+        m: splat(k.momentum),
+        neg_lr: splat(k.neg_lr),
+        bc: splat(k.bias_correction),
+        one: splat(T::one()),
+    };
+    drive::<S, T, _>(simd, bufs, &rule);
+}
+
+/// Keras 3's step (see [`crate::reference`]), lane by lane.
+struct Keras<V, const C: bool, const M: bool, const W: bool> {
+    r: V,
+    c: V,
+    eps: V,
+    m: V,
+    lr: V,
+    wd: V,
+}
+
+impl<S: Simd, T: Element, const C: bool, const M: bool, const W: bool> VectorRule<S, T>
+    for Keras<T::Vector<S>, C, M, W>
+{
+    const GA: bool = C;
+    const B: bool = M;
+
+    #[inline(always)]
+    fn step(
+        &self,
+        simd: S,
+        p: T::Vector<S>,
+        g: T::Vector<S>,
+        v: T::Vector<S>,
+        ga: T::Vector<S>,
+        b: T::Vector<S>,
+    ) -> Updated<T::Vector<S>> {
+        let p = if W {
+            T::vsub(simd, p, T::vmul(simd, T::vmul(simd, p, self.wd), self.lr))
         } else {
             p
         };
         let v = T::vadd(
             simd,
-            T::vmul(simd, r, v),
-            T::vmul(simd, c, T::vmul(simd, g, g)),
+            T::vmul(simd, self.r, v),
+            T::vmul(simd, self.c, T::vmul(simd, g, g)),
         );
-        let (den, ga) = if CENTERED {
-            let ga = T::vadd(simd, T::vmul(simd, r, ga), T::vmul(simd, c, g));
+        let (den, ga) = if C {
+            let ga = T::vadd(simd, T::vmul(simd, self.r, ga), T::vmul(simd, self.c, g));
             (
-                T::vadd(simd, T::vsub(simd, v, T::vmul(simd, ga, ga)), eps),
+                T::vadd(simd, T::vsub(simd, v, T::vmul(simd, ga, ga)), self.eps),
                 ga,
             )
         } else {
-            (T::vadd(simd, v, eps), ga)
+            (T::vadd(simd, v, self.eps), ga)
         };
-        let inc = T::vdiv(simd, T::vmul(simd, lr, g), T::vsqrt(simd, den));
-        if MOMENTUM {
-            let b = T::vadd(simd, T::vmul(simd, m, b), inc);
+        let inc = T::vdiv(simd, T::vmul(simd, self.lr, g), T::vsqrt(simd, den));
+        if M {
+            let b = T::vadd(simd, T::vmul(simd, self.m, b), inc);
             (T::vsub(simd, p, b), v, ga, b)
         } else {
             (T::vsub(simd, p, inc), v, ga, b)
         }
-    })
+    }
+}
+
+#[inline(always)]
+fn run_keras<S: Simd, T: Element, const C: bool, const M: bool, const W: bool>(
+    simd: S,
+    k: &Coefficients<T>,
+    bufs: Buffers<'_, T>,
+) {
+    let splat = |x: T| T::splat(simd, x);
+    let rule = Keras::<T::Vector<S>, C, M, W> {
+        r: splat(k.alpha),
+        c: splat(k.one_minus_alpha),
+        eps: splat(k.eps),
+        m: splat(k.momentum),
+        lr: splat(k.lr),
+        wd: splat(k.weight_decay),
+    };
+    drive::<S, T, _>(simd, bufs, &rule);
 }

@@ -1,17 +1,68 @@
 //! Workloads shared by the benches and the performance examples: the five variants, their
 //! minimal traffic, and the model shape lists.
 
-use rmsprop_simd::{Element, Hyperparameters};
+use rmsprop_simd::{Element, Hyperparameters, OptaxOptions, Semantics};
 
-/// A named set of hyperparameters.
+/// A named set of hyperparameters, and how many divisions per element its step does (each
+/// variant does one square root; the divider-bound ceiling depends on both).
 #[derive(Clone, Copy)]
 pub struct Variant {
     pub name: &'static str,
     pub hp: Hyperparameters,
+    pub divs: usize,
 }
 
-/// plain, weight_decay, centered, momentum, and all of them (+ maximize).
-pub fn variants() -> [Variant; 5] {
+/// PyTorch's plain, weight_decay, centered, momentum, and all of them (+ maximize); optax's
+/// default and everything (centered, Nesterov momentum, eps outside the sqrt, bias correction:
+/// three divisions per element); Keras's default and everything (centered, momentum, decoupled
+/// weight decay).
+pub fn variants() -> Vec<Variant> {
+    let mut v = pytorch_variants().to_vec();
+    let optax_all = Hyperparameters {
+        centered: true,
+        momentum: 0.9,
+        semantics: Semantics::Optax(OptaxOptions {
+            initial_scale: 0.0,
+            eps_in_sqrt: false,
+            nesterov: true,
+            bias_correction: true,
+        }),
+        step: 10,
+        ..Hyperparameters::optax(1e-2)
+    };
+    let keras_all = Hyperparameters {
+        centered: true,
+        momentum: 0.9,
+        weight_decay: 1e-2,
+        ..Hyperparameters::keras()
+    };
+    v.extend([
+        Variant {
+            name: "optax",
+            hp: Hyperparameters::optax(1e-2),
+            divs: 1,
+        },
+        Variant {
+            name: "optax_all",
+            hp: optax_all,
+            divs: 3,
+        },
+        Variant {
+            name: "keras",
+            hp: Hyperparameters::keras(),
+            divs: 1,
+        },
+        Variant {
+            name: "keras_all",
+            hp: keras_all,
+            divs: 1,
+        },
+    ]);
+    v
+}
+
+/// PyTorch's five variants.
+pub fn pytorch_variants() -> [Variant; 5] {
     let d = Hyperparameters::default();
     let all = Hyperparameters {
         weight_decay: 1e-2,
@@ -24,6 +75,7 @@ pub fn variants() -> [Variant; 5] {
         Variant {
             name: "plain",
             hp: d,
+            divs: 1,
         },
         Variant {
             name: "weight_decay",
@@ -31,6 +83,7 @@ pub fn variants() -> [Variant; 5] {
                 weight_decay: 1e-2,
                 ..d
             },
+            divs: 1,
         },
         Variant {
             name: "centered",
@@ -38,14 +91,17 @@ pub fn variants() -> [Variant; 5] {
                 centered: true,
                 ..d
             },
+            divs: 1,
         },
         Variant {
             name: "momentum",
             hp: Hyperparameters { momentum: 0.9, ..d },
+            divs: 1,
         },
         Variant {
             name: "all",
             hp: all,
+            divs: 1,
         },
     ]
 }
