@@ -107,7 +107,12 @@ class RMSprop(Optimizer):
         }
         super().__init__(params, defaults)
 
+    def load_state_dict(self, state_dict):
+        self.__dict__.pop("_view_cache", None)  # new state tensors: check and view them afresh
+        super().load_state_dict(state_dict)
+
     def __setstate__(self, state):
+        state.pop("_view_cache", None)
         super().__setstate__(state)
         self.__dict__.setdefault("num_threads", None)
         for group in self.param_groups:
@@ -148,14 +153,22 @@ class RMSprop(Optimizer):
         with_grad = []
         seen = set()
         for i, p in enumerate(group["params"]):
-            if p.grad is None:
+            grad = p.grad
+            if grad is None:
                 continue
             if id(p) in seen:
                 raise ValueError(f"param_groups[{g}] holds parameter {i} twice")
             seen.add(id(p))
-            if p.grad.is_sparse:
+            if grad.is_sparse:
                 raise RuntimeError("RMSprop does not support sparse gradients")
-            for what, t in (("parameter", p), ("gradient", p.grad)):
+            if (p.is_cpu and grad.is_cpu and p.dtype in _DTYPES and grad.dtype is p.dtype
+                    and grad.layout is torch.strided and grad.shape == p.shape
+                    and p in self.__dict__.get("_view_cache", ())):
+                # the common case: checked in full on an earlier step, state unchanged since
+                # (the view cache is keyed on the state tensors; _views rechecks them)
+                with_grad.append(p)
+                continue
+            for what, t in (("parameter", p), ("gradient", grad)):
                 if t.device.type != "cpu":
                     raise RuntimeError(
                         f"rmsprop_simd.torch.RMSprop steps CPU tensors; the {what} {i} of "
@@ -222,52 +235,67 @@ class RMSprop(Optimizer):
                 self._step_group(group, params, threads)
         return loss
 
+    def _views(self, p, state, names):
+        """numpy views of the parameter and its state (flat, in memory order), cached while the
+        parameter's storage and state tensors stay the same objects; None when they do not share
+        one dense layout (then the step goes through contiguous copies)."""
+        cache = self.__dict__.setdefault("_view_cache", {})
+        key = (p.data_ptr(), p.stride()) + tuple(id(state[n]) for n in names)
+        hit = cache.get(p)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        tensors = [_real(p.detach())] + [_real(state[n]) for n in names]
+        views = [_flat(t) for t in tensors]
+        if any(v is None for v in views) or any(t.stride() != tensors[0].stride() for t in tensors):
+            cache.pop(p, None)
+            return None
+        arrays = ([v.numpy() for v in views], tensors[0].stride())
+        cache[p] = (key, arrays)
+        return arrays
+
     def _step_group(self, group, params, threads: int) -> None:
         centered, momentum = bool(group["centered"]), group["momentum"] > 0
         lr = group["lr"].item() if isinstance(group["lr"], Tensor) else group["lr"]
-        arrays = {"params": [], "grads": [], "square_avgs": [], "grad_avgs": [], "momentum_buffers": []}
+        names = ["square_avg"] + (["grad_avg"] if centered else []) + (["momentum_buffer"] if momentum else [])
+        columns = [[] for _ in range(len(names) + 2)]  # params, grads, then each state buffer
         copy_back = []  # (destination, contiguous copy) for tensors stepped through copies
-        states = []
+        fresh = []
+        steps = []
         for p in params:
-            state = self.state[p]
-            fresh = len(state) == 0
-            if fresh:  # torch's lazy state initialisation
+            state = self.state.get(p)
+            if not state:  # torch's lazy state initialisation
                 state = {"step": torch.zeros((), dtype=_scalar_dtype())}
-                state["square_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                if momentum:
-                    state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                if centered:
-                    state["grad_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            states.append((p, state, fresh))
-            names = ["square_avg"] + (["grad_avg"] if centered else []) + (["momentum_buffer"] if momentum else [])
-            tensors = [_real(p.detach()), _real(p.grad)] + [_real(state[n]) for n in names]
-            views = [_flat(t) for t in tensors]
-            same_layout = all(v is not None for v in views) and all(
-                t.stride() == tensors[0].stride() for t in tensors
-            )
-            if not same_layout:
-                views = []
-                for k, t in enumerate(tensors):
-                    c = t.contiguous().view(-1)
-                    if k != 1 and c.data_ptr() != t.data_ptr():
-                        copy_back.append((t, c))
-                    views.append(c)
-            arrays["params"].append(views[0].numpy())
-            arrays["grads"].append(views[1].numpy())
-            for n, v in zip(names, views[2:]):
-                arrays[{"square_avg": "square_avgs", "grad_avg": "grad_avgs",
-                        "momentum_buffer": "momentum_buffers"}[n]].append(v.numpy())
+                for n in names:
+                    state[n] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                fresh.append((p, state))
+            steps.append(state["step"])
+            g = _real(p.grad)
+            cached = self._views(p, state, names)
+            grad_view = _flat(g) if cached is not None and g.stride() == cached[1] else None
+            if grad_view is not None:
+                arrays = cached[0]
+                columns[0].append(arrays[0])
+                columns[1].append(grad_view.numpy())
+                for k in range(len(names)):
+                    columns[k + 2].append(arrays[k + 1])
+                continue
+            # different layouts: contiguous copies in, written ones copied back after the step
+            tensors = [_real(p.detach()), g] + [_real(state[n]) for n in names]
+            for k, t in enumerate(tensors):
+                c = t.contiguous().view(-1)
+                if k != 1 and c.data_ptr() != t.data_ptr():
+                    copy_back.append((t, c))
+                columns[k].append(c.numpy())
+        by_name = dict(zip(names, columns[2:]))
         _native.step_many(
-            arrays["params"], arrays["grads"], arrays["square_avgs"],
-            arrays["grad_avgs"] if centered else None,
-            arrays["momentum_buffers"] if momentum else None,
+            columns[0], columns[1], by_name["square_avg"],
+            by_name.get("grad_avg"), by_name.get("momentum_buffer"),
             lr=float(lr), alpha=float(group["alpha"]), eps=float(group["eps"]),
             weight_decay=float(group["weight_decay"]), momentum=float(group["momentum"]),
             centered=centered, maximize=bool(group["maximize"]), num_threads=threads,
         )
         for dst, src in copy_back:
             dst.copy_(src.view(dst.shape))
-        for p, state, fresh in states:
-            state["step"] += 1
-            if fresh:
-                self.state[p] = state
+        torch._foreach_add_(steps, 1)  # every step count at once, as torch's foreach path does
+        for p, state in fresh:
+            self.state[p] = state
