@@ -24,7 +24,7 @@ static double now(void) {
 
 static RmspropContext *context(uint32_t threads) {
     RmspropContextOptions o;
-    rmsprop_context_options_init(&o);
+    rmsprop_context_options_init(&o, sizeof o);
     o.threads = threads;
     RmspropContext *ctx = NULL;
     if (rmsprop_context_create(&o, &ctx) != RMSPROP_OK) exit(2);
@@ -58,7 +58,7 @@ int main(int argc, char **argv) {
     const float **g = malloc(count * sizeof(float *));
     const RmspropHyperparameters **hps = malloc(count * sizeof(void *));
     RmspropHyperparameters hp;
-    rmsprop_hyperparameters_init(&hp);
+    rmsprop_hyperparameters_init(&hp, sizeof hp);
     for (size_t i = 0; i < count; i++) {
         p[i] = malloc(lens[i] * sizeof(float));
         v[i] = calloc(lens[i], sizeof(float));

@@ -11,7 +11,7 @@
 int main(void) {
     /* A context: the best backend, a pool of 2 threads for large steps. Share it freely. */
     RmspropContextOptions opts;
-    rmsprop_context_options_init(&opts);
+    rmsprop_context_options_init(&opts, sizeof opts);
     opts.threads = 2;
     RmspropContext *ctx = NULL;
     int rc = rmsprop_context_create(&opts, &ctx);
@@ -22,7 +22,7 @@ int main(void) {
 
     /* PyTorch's defaults, then momentum: each tensor needs square_avg and momentum_buffer. */
     RmspropHyperparameters hp;
-    rmsprop_hyperparameters_init(&hp);
+    rmsprop_hyperparameters_init(&hp, sizeof hp);
     hp.lr = 1e-3;
     hp.momentum = 0.9;
 

@@ -31,7 +31,13 @@ class Hyperparameters(ctypes.Structure):
         ("momentum", ctypes.c_double),
         ("centered", ctypes.c_uint8),
         ("maximize", ctypes.c_uint8),
-        ("reserved", ctypes.c_uint8 * 14),
+        ("semantics", ctypes.c_uint8),
+        ("eps_in_sqrt", ctypes.c_uint8),
+        ("nesterov", ctypes.c_uint8),
+        ("bias_correction", ctypes.c_uint8),
+        ("keras_lr_f32", ctypes.c_uint8),
+        ("reserved", ctypes.c_uint8 * 9),
+        ("step", ctypes.c_uint64),
     ]
 
 
@@ -44,7 +50,7 @@ def load_library():
         ptr = ctypes.POINTER(ctype)
         fn.argtypes = [ctx_p, ctypes.POINTER(Hyperparameters), ctypes.c_size_t, ptr, ptr, ptr, ptr, ptr]
         fn.restype = ctypes.c_int32
-    lib.rmsprop_hyperparameters_init.argtypes = [ctypes.POINTER(Hyperparameters)]
+    lib.rmsprop_hyperparameters_init.argtypes = [ctypes.POINTER(Hyperparameters), ctypes.c_size_t]
     lib.rmsprop_hyperparameters_init.restype = ctypes.c_int32
     lib.rmsprop_context_create.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctx_p)]
     lib.rmsprop_context_create.restype = ctypes.c_int32
@@ -69,7 +75,8 @@ class RMSprop:
         if code != 0:
             raise RuntimeError(f"rmsprop_context_create failed ({code})")
         self.hp = Hyperparameters()
-        lib.rmsprop_hyperparameters_init(ctypes.byref(self.hp))  # PyTorch's defaults
+        # PyTorch's defaults; the size keeps the library from writing past this mirror
+        lib.rmsprop_hyperparameters_init(ctypes.byref(self.hp), ctypes.sizeof(self.hp))
         for key, value in hyperparameters.items():
             setattr(self.hp, key, value)
 

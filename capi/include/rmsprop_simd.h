@@ -289,40 +289,47 @@ size_t rmsprop_context_last_error(const struct RmspropContext *ctx, char *buf, s
 
 /*
  Fills `*hp` with PyTorch's defaults (`lr` 1e-2, `alpha` 0.99, `eps` 1e-8), `struct_size`
- and `version`. Returns `RMSPROP_ERROR_NULL_POINTER` if `hp` is NULL.
+ and `version`. Pass `size = sizeof(*hp)`: the library writes no more than that, in the newest
+ layout that fits, so a program compiled against an older header stays safe with a newer
+ library. Returns `RMSPROP_ERROR_NULL_POINTER` if `hp` is NULL, `RMSPROP_ERROR_STRUCT_SIZE` if
+ `size` is below version 1's 64 bytes.
 
  # Safety
- `hp` is NULL or points to writable memory for one `RmspropHyperparameters`.
+ `hp` is NULL or points to writable memory of `size` bytes.
  */
-int32_t rmsprop_hyperparameters_init(struct RmspropHyperparameters *hp);
+int32_t rmsprop_hyperparameters_init(struct RmspropHyperparameters *hp, size_t size);
 
 /*
  Fills `*hp` with `optax.rmsprop(learning_rate)`'s defaults: `semantics` optax, `alpha`
  (decay) 0.9, `eps` 1e-8, `eps_in_sqrt`, no momentum, no bias correction. The state's
- `square_avg` starts at optax's `initial_scale` (0 by default): the caller fills it.
+ `square_avg` starts at optax's `initial_scale` (0 by default): the caller fills it. Needs
+ `size >= 72` (version 2).
 
  # Safety
- `hp` is NULL or points to writable memory for one `RmspropHyperparameters`.
+ `hp` is NULL or points to writable memory of `size` bytes.
  */
-int32_t rmsprop_hyperparameters_init_optax(struct RmspropHyperparameters *hp, double learning_rate);
+int32_t rmsprop_hyperparameters_init_optax(struct RmspropHyperparameters *hp,
+                                           size_t size,
+                                           double learning_rate);
 
 /*
  Fills `*hp` with `keras.optimizers.RMSprop()`'s defaults: `semantics` Keras, `lr` 1e-3,
- `alpha` (rho) 0.9, `eps` (epsilon) 1e-7, `keras_lr_f32`.
+ `alpha` (rho) 0.9, `eps` (epsilon) 1e-7, `keras_lr_f32`. Needs `size >= 72` (version 2).
 
  # Safety
- `hp` is NULL or points to writable memory for one `RmspropHyperparameters`.
+ `hp` is NULL or points to writable memory of `size` bytes.
  */
-int32_t rmsprop_hyperparameters_init_keras(struct RmspropHyperparameters *hp);
+int32_t rmsprop_hyperparameters_init_keras(struct RmspropHyperparameters *hp, size_t size);
 
 /*
  Fills `*options` with the defaults (automatic backend, the calling thread only, the
- library's threshold), `struct_size` and `version`.
+ library's threshold), `struct_size` and `version`. Pass `size = sizeof(*options)`; the
+ library writes no more than that (`RMSPROP_ERROR_STRUCT_SIZE` below version 1's 40 bytes).
 
  # Safety
- `options` is NULL or points to writable memory for one `RmspropContextOptions`.
+ `options` is NULL or points to writable memory of `size` bytes.
  */
-int32_t rmsprop_context_options_init(struct RmspropContextOptions *options);
+int32_t rmsprop_context_options_init(struct RmspropContextOptions *options, size_t size);
 
 /*
  The best backend of this CPU (an `RMSPROP_BACKEND_*` code other than AUTO).

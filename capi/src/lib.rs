@@ -349,12 +349,19 @@ pub unsafe extern "C" fn rmsprop_context_last_error(
 
 // ---------------------------------------------------------------- structs
 
-/// Writes the version-2 struct for `d` (the optax and Keras flags at their libraries' defaults
-/// whatever the semantics, so that switching `semantics` afterwards gets those defaults).
+/// Writes the newest layout of the struct that fits in the caller's `size` bytes (version 2
+/// from 72 bytes, version 1 from 64 for PyTorch's semantics), and never more than `size` bytes:
+/// a caller compiled against an older header gets the version it knows. The optax and Keras
+/// flags are written at their libraries' defaults whatever the semantics (version 2), so that
+/// switching `semantics` afterwards gets those defaults.
 ///
 /// # Safety
-/// `hp` is NULL or writable for one `RmspropHyperparameters`.
-unsafe fn write_hyperparameters(hp: *mut RmspropHyperparameters, d: Hyperparameters) -> i32 {
+/// `hp` is NULL or writable for `size` bytes.
+unsafe fn write_hyperparameters(
+    hp: *mut RmspropHyperparameters,
+    size: usize,
+    d: Hyperparameters,
+) -> i32 {
     guarded(None, || {
         if hp.is_null() {
             return RMSPROP_ERROR_NULL_POINTER;
@@ -368,9 +375,17 @@ unsafe fn write_hyperparameters(hp: *mut RmspropHyperparameters, d: Hyperparamet
             Semantics::Optax(o) => (RMSPROP_SEMANTICS_OPTAX, o, KerasOptions::default()),
             Semantics::Keras(k) => (RMSPROP_SEMANTICS_KERAS, OptaxOptions::default(), k),
         };
+        let (version, struct_size) = if size >= HP_V2_SIZE as usize {
+            (2, HP_V2_SIZE)
+        } else if size >= HP_V1_SIZE as usize && semantics == RMSPROP_SEMANTICS_PYTORCH {
+            (1, HP_V1_SIZE)
+        } else {
+            return RMSPROP_ERROR_STRUCT_SIZE;
+        };
+        let v2 = version == 2;
         let value = RmspropHyperparameters {
-            struct_size: HP_V2_SIZE,
-            version: RMSPROP_HYPERPARAMETERS_VERSION,
+            struct_size,
+            version,
             lr: d.lr,
             alpha: d.alpha,
             eps: d.eps,
@@ -378,69 +393,93 @@ unsafe fn write_hyperparameters(hp: *mut RmspropHyperparameters, d: Hyperparamet
             momentum: d.momentum,
             centered: d.centered as u8,
             maximize: d.maximize as u8,
-            semantics,
-            eps_in_sqrt: optax.eps_in_sqrt as u8,
-            nesterov: optax.nesterov as u8,
-            bias_correction: optax.bias_correction as u8,
-            keras_lr_f32: keras.lr_through_f32 as u8,
+            // version 1 has zero bytes where version 2 keeps these
+            semantics: if v2 { semantics } else { 0 },
+            eps_in_sqrt: (v2 && optax.eps_in_sqrt) as u8,
+            nesterov: (v2 && optax.nesterov) as u8,
+            bias_correction: (v2 && optax.bias_correction) as u8,
+            keras_lr_f32: (v2 && keras.lr_through_f32) as u8,
             reserved: [0; 9],
             step: 0,
         };
-        // SAFETY: non-null and, by the contract, valid for one write.
-        unsafe { hp.write_unaligned(value) };
+        // SAFETY: `hp` is writable for `size >= struct_size` bytes (contract); `value` is a
+        // separate local of at least `struct_size` bytes.
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                (&value as *const RmspropHyperparameters).cast::<u8>(),
+                hp.cast::<u8>(),
+                struct_size as usize,
+            )
+        };
         RMSPROP_OK
     })
 }
 
 /// Fills `*hp` with PyTorch's defaults (`lr` 1e-2, `alpha` 0.99, `eps` 1e-8), `struct_size`
-/// and `version`. Returns `RMSPROP_ERROR_NULL_POINTER` if `hp` is NULL.
+/// and `version`. Pass `size = sizeof(*hp)`: the library writes no more than that, in the newest
+/// layout that fits, so a program compiled against an older header stays safe with a newer
+/// library. Returns `RMSPROP_ERROR_NULL_POINTER` if `hp` is NULL, `RMSPROP_ERROR_STRUCT_SIZE` if
+/// `size` is below version 1's 64 bytes.
 ///
 /// # Safety
-/// `hp` is NULL or points to writable memory for one `RmspropHyperparameters`.
+/// `hp` is NULL or points to writable memory of `size` bytes.
 #[no_mangle]
-pub unsafe extern "C" fn rmsprop_hyperparameters_init(hp: *mut RmspropHyperparameters) -> i32 {
+pub unsafe extern "C" fn rmsprop_hyperparameters_init(
+    hp: *mut RmspropHyperparameters,
+    size: usize,
+) -> i32 {
     // SAFETY: the caller's contract.
-    unsafe { write_hyperparameters(hp, Hyperparameters::default()) }
+    unsafe { write_hyperparameters(hp, size, Hyperparameters::default()) }
 }
 
 /// Fills `*hp` with `optax.rmsprop(learning_rate)`'s defaults: `semantics` optax, `alpha`
 /// (decay) 0.9, `eps` 1e-8, `eps_in_sqrt`, no momentum, no bias correction. The state's
-/// `square_avg` starts at optax's `initial_scale` (0 by default): the caller fills it.
+/// `square_avg` starts at optax's `initial_scale` (0 by default): the caller fills it. Needs
+/// `size >= 72` (version 2).
 ///
 /// # Safety
-/// `hp` is NULL or points to writable memory for one `RmspropHyperparameters`.
+/// `hp` is NULL or points to writable memory of `size` bytes.
 #[no_mangle]
 pub unsafe extern "C" fn rmsprop_hyperparameters_init_optax(
     hp: *mut RmspropHyperparameters,
+    size: usize,
     learning_rate: f64,
 ) -> i32 {
     // SAFETY: the caller's contract.
-    unsafe { write_hyperparameters(hp, Hyperparameters::optax(learning_rate)) }
+    unsafe { write_hyperparameters(hp, size, Hyperparameters::optax(learning_rate)) }
 }
 
 /// Fills `*hp` with `keras.optimizers.RMSprop()`'s defaults: `semantics` Keras, `lr` 1e-3,
-/// `alpha` (rho) 0.9, `eps` (epsilon) 1e-7, `keras_lr_f32`.
+/// `alpha` (rho) 0.9, `eps` (epsilon) 1e-7, `keras_lr_f32`. Needs `size >= 72` (version 2).
 ///
 /// # Safety
-/// `hp` is NULL or points to writable memory for one `RmspropHyperparameters`.
+/// `hp` is NULL or points to writable memory of `size` bytes.
 #[no_mangle]
 pub unsafe extern "C" fn rmsprop_hyperparameters_init_keras(
     hp: *mut RmspropHyperparameters,
+    size: usize,
 ) -> i32 {
     // SAFETY: the caller's contract.
-    unsafe { write_hyperparameters(hp, Hyperparameters::keras()) }
+    unsafe { write_hyperparameters(hp, size, Hyperparameters::keras()) }
 }
 
 /// Fills `*options` with the defaults (automatic backend, the calling thread only, the
-/// library's threshold), `struct_size` and `version`.
+/// library's threshold), `struct_size` and `version`. Pass `size = sizeof(*options)`; the
+/// library writes no more than that (`RMSPROP_ERROR_STRUCT_SIZE` below version 1's 40 bytes).
 ///
 /// # Safety
-/// `options` is NULL or points to writable memory for one `RmspropContextOptions`.
+/// `options` is NULL or points to writable memory of `size` bytes.
 #[no_mangle]
-pub unsafe extern "C" fn rmsprop_context_options_init(options: *mut RmspropContextOptions) -> i32 {
+pub unsafe extern "C" fn rmsprop_context_options_init(
+    options: *mut RmspropContextOptions,
+    size: usize,
+) -> i32 {
     guarded(None, || {
         if options.is_null() {
             return RMSPROP_ERROR_NULL_POINTER;
+        }
+        if size < OPTIONS_V1_SIZE as usize {
+            return RMSPROP_ERROR_STRUCT_SIZE;
         }
         let value = RmspropContextOptions {
             struct_size: OPTIONS_V1_SIZE,
@@ -641,7 +680,12 @@ pub unsafe extern "C" fn rmsprop_context_create(
         let opts = if options.is_null() {
             let mut o = core::mem::MaybeUninit::<RmspropContextOptions>::uninit();
             // SAFETY: writes one struct into the local.
-            unsafe { rmsprop_context_options_init(o.as_mut_ptr()) };
+            unsafe {
+                rmsprop_context_options_init(
+                    o.as_mut_ptr(),
+                    core::mem::size_of::<RmspropContextOptions>(),
+                )
+            };
             // SAFETY: initialised by the call above.
             unsafe { o.assume_init() }
         } else {

@@ -8,7 +8,13 @@ fn context(threads: u32, min_len: u64) -> *mut RmspropContext {
     let mut o = core::mem::MaybeUninit::uninit();
     // SAFETY: writes one struct into the local, which is then initialised.
     let mut o: RmspropContextOptions = unsafe {
-        assert_eq!(rmsprop_context_options_init(o.as_mut_ptr()), RMSPROP_OK);
+        assert_eq!(
+            rmsprop_context_options_init(
+                o.as_mut_ptr(),
+                core::mem::size_of::<RmspropContextOptions>()
+            ),
+            RMSPROP_OK
+        );
         o.assume_init()
     };
     o.threads = threads;
@@ -24,7 +30,13 @@ fn hp(momentum: f64, centered: bool) -> RmspropHyperparameters {
     let mut h = core::mem::MaybeUninit::uninit();
     // SAFETY: writes one struct into the local, which is then initialised.
     let mut h: RmspropHyperparameters = unsafe {
-        assert_eq!(rmsprop_hyperparameters_init(h.as_mut_ptr()), RMSPROP_OK);
+        assert_eq!(
+            rmsprop_hyperparameters_init(
+                h.as_mut_ptr(),
+                core::mem::size_of::<RmspropHyperparameters>()
+            ),
+            RMSPROP_OK
+        );
         h.assume_init()
     };
     h.momentum = momentum;
@@ -336,7 +348,7 @@ fn versioned_structs() {
     let mut x = core::mem::MaybeUninit::uninit();
     // SAFETY: writes one struct into the local.
     let x = unsafe {
-        rmsprop_hyperparameters_init_optax(x.as_mut_ptr(), 0.01);
+        rmsprop_hyperparameters_init_optax(x.as_mut_ptr(), 72, 0.01);
         x.assume_init()
     };
     assert_eq!(

@@ -59,7 +59,7 @@ static const char *msg(const RmspropContext *ctx) {
 
 static RmspropContext *context(int backend, uint32_t threads, uint64_t min_len) {
     RmspropContextOptions o;
-    rmsprop_context_options_init(&o);
+    rmsprop_context_options_init(&o, sizeof o);
     o.backend = backend;
     o.threads = threads;
     o.parallel_min_len = min_len;
@@ -147,11 +147,11 @@ static void run_open(const char *dir, const Case *c, Run *r) {
     r->grad_avg = strcmp(c->files[4], "-") ? calloc(n ? n : 1, es) : NULL;
     r->momentum_buffer = strcmp(c->files[5], "-") ? calloc(n ? n : 1, es) : NULL;
     if (c->semantics == 1)
-        rmsprop_hyperparameters_init_optax(&r->hp, 0.0);
+        rmsprop_hyperparameters_init_optax(&r->hp, sizeof r->hp, 0.0);
     else if (c->semantics == 2)
-        rmsprop_hyperparameters_init_keras(&r->hp);
+        rmsprop_hyperparameters_init_keras(&r->hp, sizeof r->hp);
     else
-        rmsprop_hyperparameters_init(&r->hp);
+        rmsprop_hyperparameters_init(&r->hp, sizeof r->hp);
     r->hp.eps_in_sqrt = (uint8_t)c->eps_in_sqrt;
     r->hp.nesterov = (uint8_t)c->nesterov;
     r->hp.bias_correction = (uint8_t)c->bias_correction;
@@ -358,8 +358,8 @@ static bool untouched(void) {
 static void test_errors(void) {
     RmspropContext *ctx = context(RMSPROP_BACKEND_AUTO, 1, 0);
     RmspropHyperparameters hp, cm;
-    rmsprop_hyperparameters_init(&hp);
-    rmsprop_hyperparameters_init(&cm);
+    rmsprop_hyperparameters_init(&hp, sizeof hp);
+    rmsprop_hyperparameters_init(&cm, sizeof cm);
     cm.centered = 1;
     cm.momentum = 0.9;
     EXPECT_ERR(ctx, rmsprop_step_f32(ctx, NULL, N, P, G, V, NULL, NULL), RMSPROP_ERROR_NULL_POINTER, "hp");
@@ -421,16 +421,38 @@ static void test_errors(void) {
     }
     /* contexts */
     RmspropContextOptions o;
-    rmsprop_context_options_init(&o);
+    rmsprop_context_options_init(&o, sizeof o);
     o.backend = 42;
     RmspropContext *none = (RmspropContext *)&o;
     CHECK(rmsprop_context_create(&o, &none) == RMSPROP_ERROR_UNSUPPORTED_BACKEND && none == NULL, "backend 42");
-    rmsprop_context_options_init(&o);
+    rmsprop_context_options_init(&o, sizeof o);
     o.reserved[2] = 7;
     CHECK(rmsprop_context_create(&o, &none) == RMSPROP_ERROR_STRUCT_SIZE, "options reserved");
     CHECK(rmsprop_context_create(NULL, NULL) == RMSPROP_ERROR_NULL_POINTER, "out NULL");
     CHECK(rmsprop_step_f32(NULL, &hp, N, P, G, V, NULL, NULL) == RMSPROP_ERROR_NULL_POINTER, "ctx NULL");
-    CHECK(rmsprop_hyperparameters_init(NULL) == RMSPROP_ERROR_NULL_POINTER, "init NULL");
+    CHECK(rmsprop_hyperparameters_init(NULL, 72) == RMSPROP_ERROR_NULL_POINTER, "init NULL");
+    /* a caller compiled against the version-1 header (64 bytes): the library writes version 1
+     * and not one byte more, and refuses what version 1 cannot say */
+    {
+        unsigned char old[64 + 16];
+        memset(old, 0xA5, sizeof old);
+        CHECK(rmsprop_hyperparameters_init((RmspropHyperparameters *)old, 64) == RMSPROP_OK, "init v1");
+        bool canary = true;
+        for (size_t i = 64; i < sizeof old; i++) canary = canary && old[i] == 0xA5;
+        CHECK(canary, "init wrote past the caller's 64 bytes");
+        uint32_t head[2];
+        memcpy(head, old, sizeof head);
+        CHECK(head[0] == 64 && head[1] == 1, "v1 header: size %u version %u", head[0], head[1]);
+        CHECK(rmsprop_hyperparameters_init_optax((RmspropHyperparameters *)old, 64, 0.1) == RMSPROP_ERROR_STRUCT_SIZE,
+              "optax needs version 2");
+        CHECK(rmsprop_hyperparameters_init((RmspropHyperparameters *)old, 63) == RMSPROP_ERROR_STRUCT_SIZE, "too small");
+        CHECK(rmsprop_context_options_init((RmspropContextOptions *)old, 39) == RMSPROP_ERROR_STRUCT_SIZE,
+              "options too small");
+        /* and a version-1 struct steps, as PyTorch's semantics */
+        fill();
+        CHECK(rmsprop_step_f32(ctx, (const RmspropHyperparameters *)old, N, P, G, V, NULL, NULL) == RMSPROP_OK,
+              "v1 step: %s", msg(ctx));
+    }
     rmsprop_context_free(NULL);
     /* the message is copied snprintf-style */
     fill();
@@ -460,7 +482,7 @@ typedef struct {
 static void *job_run(void *arg) {
     Job *j = arg;
     RmspropHyperparameters hp;
-    rmsprop_hyperparameters_init(&hp);
+    rmsprop_hyperparameters_init(&hp, sizeof hp);
     j->rc = RMSPROP_OK;
     for (int s = 0; s < j->steps && j->rc == RMSPROP_OK; s++) {
         hp.lr = 0.01 / (1 + s);
@@ -570,7 +592,7 @@ static float DP[64], DG[64], DV[64];
 static void destructor(void *value) {
     (void)value;
     RmspropHyperparameters hp;
-    rmsprop_hyperparameters_init(&hp);
+    rmsprop_hyperparameters_init(&hp, sizeof hp);
     for (int i = 0; i < 64; i++) DG[i] = 0.5f;
     dtor_rc_ok = rmsprop_step_f32(dtor_ctx, &hp, 64, DP, DG, DV, NULL, NULL);
     hp.lr = -1;
@@ -628,7 +650,7 @@ static void ftz_run(RmspropContext *ctx, int flush, float *p) {
         b[i] = tiny;
     }
     RmspropHyperparameters hp;
-    rmsprop_hyperparameters_init(&hp);
+    rmsprop_hyperparameters_init(&hp, sizeof hp);
     hp.lr = 1e-3;
     hp.momentum = 0.9;
     hp.weight_decay = 0.5;
