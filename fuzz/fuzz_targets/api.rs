@@ -45,6 +45,9 @@ fn run<T: Element>(input: &Input) {
         momentum: pick(input.values[4]),
         centered: input.centered,
         maximize: input.maximize,
+        // PyTorch's semantics: the validity rule below is PyTorch's (the differential target
+        // covers optax's and Keras's, whose errors every backend must agree on)
+        ..Default::default()
     };
     let hp_ok = [hp.lr, hp.alpha, hp.eps, hp.weight_decay, hp.momentum]
         .into_iter()
