@@ -187,6 +187,23 @@ impl Hyperparameters {
         Coefficients::<f64>::new(self).map(|_| ())
     }
 
+    /// The value a new `square_avg` starts from: optax's `initial_scale`, 0 otherwise (PyTorch,
+    /// Keras).
+    ///
+    /// ```
+    /// use rmsprop_simd::{Hyperparameters, OptaxOptions, Semantics};
+    /// assert_eq!(Hyperparameters::default().initial_square_avg(), 0.0);
+    /// let o = OptaxOptions { initial_scale: 1.0, ..Default::default() };
+    /// let hp = Hyperparameters { semantics: Semantics::Optax(o), ..Hyperparameters::optax(1e-3) };
+    /// assert_eq!(hp.initial_square_avg(), 1.0);
+    /// ```
+    pub fn initial_square_avg(&self) -> f64 {
+        match self.semantics {
+            Semantics::Optax(o) => o.initial_scale,
+            _ => 0.0,
+        }
+    }
+
     /// Which state buffers these hyperparameters use: `(grad_avg, momentum_buffer)`.
     /// `square_avg` is always used.
     ///

@@ -136,14 +136,6 @@ impl std::error::Error for OptimizerError {
     }
 }
 
-/// The value a tensor's `square_avg` starts from: optax's `initial_scale`, else 0.
-pub(crate) fn initial_square_avg(hp: &Hyperparameters) -> f64 {
-    match hp.semantics {
-        crate::Semantics::Optax(o) => o.initial_scale,
-        _ => 0.0,
-    }
-}
-
 /// The element count of each shape, or [`OptimizerError::ShapeOverflow`].
 fn element_counts(shapes: &[Vec<usize>]) -> Result<Vec<usize>, OptimizerError> {
     shapes
@@ -383,7 +375,7 @@ impl<T: Element> RmsProp<T> {
             let len = self.lens[i];
             let st = state.get_or_insert_with(|| TensorState {
                 step: 0,
-                square_avg: vec![T::from_f64(initial_square_avg(hp)); len],
+                square_avg: vec![T::from_f64(hp.initial_square_avg()); len],
                 grad_avg: None,
                 momentum_buffer: None,
             });

@@ -71,7 +71,8 @@ const TASKS_PER_THREAD: usize = 16;
 pub(crate) fn run_one<T: Element>(kernel: &Kernel, k: Coefficients<T>, bufs: Buffers<'_, T>) {
     #[cfg(feature = "rayon")]
     if splits(kernel, bufs.len()) {
-        return run_tasks(kernel, &[k], vec![(0, bufs)]);
+        let total = bufs.len();
+        return run_tasks(kernel, &[k], vec![(0, bufs)], total);
     }
     kernel.backend().vectorize(Pass { k, bufs });
 }
@@ -84,8 +85,11 @@ pub(crate) fn run_many<T: Element>(
     pieces: Vec<(usize, Buffers<'_, T>)>,
 ) {
     #[cfg(feature = "rayon")]
-    if splits(kernel, pieces.iter().map(|(_, b)| b.len()).sum()) {
-        return run_tasks(kernel, coeffs, pieces);
+    {
+        let total = pieces.iter().map(|(_, b)| b.len()).sum();
+        if splits(kernel, total) {
+            return run_tasks(kernel, coeffs, pieces, total);
+        }
     }
     for (group, bufs) in pieces {
         kernel.backend().vectorize(Pass {
@@ -111,15 +115,16 @@ fn task_len(total: usize, threads: usize, min_len: usize) -> usize {
         .next_multiple_of(CHUNK_ALIGN)
 }
 
-/// Cuts the pieces into tasks of about [`task_len`] elements and runs them on the current pool.
+/// Cuts the pieces (`total` elements in all) into tasks of about [`task_len`] elements and runs
+/// them on the current pool.
 #[cfg(feature = "rayon")]
 fn run_tasks<T: Element>(
     kernel: &Kernel,
     coeffs: &[Coefficients<T>],
     pieces: Vec<(usize, Buffers<'_, T>)>,
+    total: usize,
 ) {
     use rayon::prelude::*;
-    let total: usize = pieces.iter().map(|(_, b)| b.len()).sum();
     let chunk = task_len(
         total,
         rayon::current_num_threads(),

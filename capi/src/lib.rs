@@ -803,10 +803,15 @@ struct Raw {
 
 impl Raw {
     fn label(&self) -> String {
-        match self.tensor {
-            Some(t) => format!("tensor {t}: {}", self.name),
-            None => self.name.to_string(),
-        }
+        label(self.tensor, self.name)
+    }
+}
+
+/// How a message names an argument: `name`, or `tensor {t}: name` in a multi-tensor step.
+fn label(tensor: Option<usize>, name: &str) -> String {
+    match tensor {
+        Some(t) => format!("tensor {t}: {name}"),
+        None => name.to_string(),
     }
 }
 
@@ -819,10 +824,7 @@ fn check_ptr<T>(
     len: usize,
     written: bool,
 ) -> Result<Raw, (i32, String)> {
-    let label = |name: &str| match tensor {
-        Some(t) => format!("tensor {t}: {name}"),
-        None => name.to_string(),
-    };
+    let label = |name: &str| label(tensor, name);
     if ptr.is_null() && len != 0 {
         return Err((
             RMSPROP_ERROR_NULL_POINTER,
@@ -964,10 +966,7 @@ impl<T: Element> Parts<T> {
         momentum_buffer: *mut T,
         sink: &mut impl FnMut(Raw),
     ) -> Result<Self, (i32, String)> {
-        let label = |name: &str| match tensor {
-            Some(t) => format!("tensor {t}: {name}"),
-            None => name.to_string(),
-        };
+        let label = |name: &str| label(tensor, name);
         // SAFETY: NULL or readable for its struct_size (contract).
         let hp = unsafe { hyperparameters(hp) }.map_err(|(code, why)| (code, label(&why)))?;
         sink(check_ptr(tensor, "params", params as *const T, len, true)?);

@@ -164,14 +164,6 @@ fn hyperparameters(c: &Value, ctx: &str) -> Result<Hyperparameters, String> {
     }
 }
 
-/// The value `square_avg` starts from: optax's `initial_scale`, else 0.
-pub fn initial_square_avg(hp: &Hyperparameters) -> f64 {
-    match hp.semantics {
-        Semantics::Optax(o) => o.initial_scale,
-        _ => 0.0,
-    }
-}
-
 impl GoldenSet {
     /// Reads and checks `dir/cases.json` and the sizes of every file it names.
     pub fn load(dir: &Path) -> Result<GoldenSet, String> {
@@ -355,7 +347,7 @@ pub fn run_case<T: Element>(case: &Case, kernel: &Kernel) -> Result<Vec<ArrayRep
     let n = case.n;
     let mut params = params0.clone();
     let mut st = OwnedState::<T>::zeros(n);
-    let v0 = vec![T::from_f64(initial_square_avg(&case.hp)); n];
+    let v0 = vec![T::from_f64(case.hp.initial_square_avg()); n];
     st.square_avg.copy_from_slice(&v0);
     for (s, &lr) in case.lr.iter().enumerate() {
         let hp = Hyperparameters {
