@@ -8,6 +8,7 @@ use pulp::Simd;
 /// The trait is sealed; its SIMD plumbing is private, so pulp is not part of the public API.
 pub trait Element:
     sealed::Sealed
+    + crate::Storage<Compute = Self>
     + Copy
     + Default
     + PartialOrd
@@ -27,6 +28,8 @@ pub trait Element:
     const NAME: &'static str;
     /// The largest finite value.
     const MAX: Self;
+    /// The smallest positive normal value.
+    const MIN_POSITIVE: Self;
     /// Rounds an `f64` to this type (round to nearest even, as `as` does).
     fn from_f64(value: f64) -> Self;
     /// Widens to `f64` (exact).
@@ -46,7 +49,7 @@ pub(crate) mod sealed {
     /// are correctly rounded IEEE operations (`fma` fused, `sqrt` exact-rounded); the vector ops map
     /// to pulp's, with `mul_add` the always-fused one (never `mul_add_e`).
     pub trait Sealed: Copy + Sized {
-        type Vector<S: Simd>: Copy;
+        type Vector<S: Simd>: Copy + bytemuck::Pod;
 
         fn zero() -> Self;
         fn one() -> Self;
@@ -71,14 +74,28 @@ pub(crate) mod sealed {
         fn as_mut_simd<S: Simd>(slice: &mut [Self]) -> (&mut [Self::Vector<S>], &mut [Self]);
         fn partial_load<S: Simd>(simd: S, slice: &[Self]) -> Self::Vector<S>;
         fn partial_store<S: Simd>(simd: S, slice: &mut [Self], values: Self::Vector<S>);
+
+        /// `hi` where `a > hi`, `lo` where `a < lo`, else `a` (NaN stays NaN on every backend).
+        fn vclamp<S: Simd>(
+            simd: S,
+            a: Self::Vector<S>,
+            lo: Self::Vector<S>,
+            hi: Self::Vector<S>,
+        ) -> Self::Vector<S>;
+        /// `f32` vectors as this type's (the identity for `f32`; never called for `f64`, whose
+        /// buffers are never 16-bit, and zero there).
+        fn from_f32s<S: Simd>(v: S::f32s) -> Self::Vector<S>;
+        /// The inverse of `from_f32s` (zero for `f64`).
+        fn to_f32s<S: Simd>(v: Self::Vector<S>) -> S::f32s;
     }
 }
 
 macro_rules! impl_element {
-    ($t:ident, $fma_libm:ident, $sqrt_libm:ident, [$splat:ident, $add:ident, $sub:ident, $mul:ident, $div:ident, $neg:ident, $mul_add:ident, $sqrt:ident, $as_simd:ident, $as_mut_simd:ident, $partial_load:ident, $partial_store:ident $(,)?]) => {
+    ($t:ident, $fma_libm:ident, $sqrt_libm:ident, [$splat:ident, $add:ident, $sub:ident, $mul:ident, $div:ident, $neg:ident, $mul_add:ident, $sqrt:ident, $as_simd:ident, $as_mut_simd:ident, $partial_load:ident, $partial_store:ident, $gt:ident, $lt:ident, $select:ident $(,)?], $from_f32s:expr, $to_f32s:expr) => {
         impl Element for $t {
             const NAME: &'static str = stringify!($t);
             const MAX: Self = $t::MAX;
+            const MIN_POSITIVE: Self = $t::MIN_POSITIVE;
             #[inline(always)]
             fn from_f64(value: f64) -> Self {
                 value as $t
@@ -186,6 +203,25 @@ macro_rules! impl_element {
             fn partial_store<S: Simd>(simd: S, slice: &mut [Self], values: Self::Vector<S>) {
                 simd.$partial_store(slice, values)
             }
+            #[inline(always)]
+            fn vclamp<S: Simd>(
+                simd: S,
+                a: Self::Vector<S>,
+                lo: Self::Vector<S>,
+                hi: Self::Vector<S>,
+            ) -> Self::Vector<S> {
+                // Comparisons with NaN are false: NaN passes through both selects unchanged.
+                let a = simd.$select(simd.$gt(a, hi), hi, a);
+                simd.$select(simd.$lt(a, lo), lo, a)
+            }
+            #[inline(always)]
+            fn from_f32s<S: Simd>(v: S::f32s) -> Self::Vector<S> {
+                ($from_f32s)(v)
+            }
+            #[inline(always)]
+            fn to_f32s<S: Simd>(v: Self::Vector<S>) -> S::f32s {
+                ($to_f32s)(v)
+            }
         }
     };
     (@vec $s:ident, f32) => {
@@ -213,7 +249,12 @@ impl_element!(
         as_mut_simd_f32s,
         partial_load_f32s,
         partial_store_f32s,
-    ]
+        greater_than_f32s,
+        less_than_f32s,
+        select_f32s,
+    ],
+    |v| v,
+    |v| v
 );
 impl_element!(
     f64,
@@ -232,5 +273,10 @@ impl_element!(
         as_mut_simd_f64s,
         partial_load_f64s,
         partial_store_f64s,
-    ]
+        greater_than_f64s,
+        less_than_f64s,
+        select_f64s,
+    ],
+    |_| bytemuck::Zeroable::zeroed(),
+    |_| bytemuck::Zeroable::zeroed()
 );

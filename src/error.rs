@@ -16,10 +16,13 @@ pub enum Buffer {
     GradAvg,
     /// `momentum_buffer` (`momentum > 0` only).
     MomentumBuffer,
+    /// The 16-bit copy of the new parameters ([`crate::ParamsCopy`]).
+    ParamsCopy,
 }
 
 impl Buffer {
-    /// PyTorch's name: `params`, `grads`, `square_avg`, `grad_avg` or `momentum_buffer`.
+    /// PyTorch's name: `params`, `grads`, `square_avg`, `grad_avg` or `momentum_buffer`
+    /// (and `params_copy` for the 16-bit parameter copy).
     ///
     /// ```
     /// assert_eq!(rmsprop_simd::Buffer::SquareAvg.name(), "square_avg");
@@ -31,6 +34,7 @@ impl Buffer {
             Buffer::SquareAvg => "square_avg",
             Buffer::GradAvg => "grad_avg",
             Buffer::MomentumBuffer => "momentum_buffer",
+            Buffer::ParamsCopy => "params_copy",
         }
     }
 
@@ -89,6 +93,11 @@ pub enum Error {
         /// `grad_avg` (only with `centered`) or `momentum_buffer` (only with `momentum > 0`).
         buffer: Buffer,
     },
+    /// A combination of storage formats or options this crate does not implement.
+    Unsupported {
+        /// What, and what to do instead.
+        reason: &'static str,
+    },
 }
 
 impl fmt::Display for Error {
@@ -123,6 +132,7 @@ impl fmt::Display for Error {
                     "unexpected state buffer {buffer}: it is used only when {why}"
                 )
             }
+            Error::Unsupported { reason } => write!(f, "unsupported: {reason}"),
         }
     }
 }

@@ -381,7 +381,7 @@ impl<T: Element> Coefficients<T> {
     }
 }
 
-fn checked<T: Element>(name: &'static str, value: f64) -> Result<T, Error> {
+pub(crate) fn checked<T: Element>(name: &'static str, value: f64) -> Result<T, Error> {
     let reason = if value.is_nan() {
         "must not be NaN"
     } else if value.is_infinite() {

@@ -17,15 +17,33 @@ pub(crate) struct Buffers<'a, T> {
     pub momentum_buffer: &'a mut [T],
 }
 
-impl<'a, T> Buffers<'a, T> {
+/// The buffers of one pass as the kernel walks them: the plain ones ([`Buffers`], each element
+/// of the compute type) or the mixed ones (`crate::mixed::MixedBuffers`: 16-bit storage, gradient
+/// pre-processing, rounding). Threading cuts them with `split_at`; a rule runs over them with
+/// `drive`.
+pub(crate) trait Driver<T: Element>: Send + Sized {
+    /// Elements.
     #[cfg_attr(not(feature = "rayon"), allow(dead_code))]
-    pub fn len(&self) -> usize {
+    fn len(&self) -> usize;
+    /// Splits every buffer at `mid` (the second part knows where it starts).
+    #[cfg_attr(not(feature = "rayon"), allow(dead_code))]
+    fn split_at(self, mid: usize) -> (Self, Self);
+    /// Runs `rule` over every element.
+    fn drive<S: Simd, R: VectorRule<S, T>>(self, simd: S, rule: &R);
+}
+
+impl<'a, T: Element> Driver<T> for Buffers<'a, T> {
+    fn len(&self) -> usize {
         self.params.len()
     }
 
+    #[inline(always)]
+    fn drive<S: Simd, R: VectorRule<S, T>>(self, simd: S, rule: &R) {
+        drive(simd, self, rule)
+    }
+
     /// Splits every buffer at `mid` (absent, empty state buffers stay empty on both sides).
-    #[cfg_attr(not(feature = "rayon"), allow(dead_code))]
-    pub fn split_at(self, mid: usize) -> (Buffers<'a, T>, Buffers<'a, T>) {
+    fn split_at(self, mid: usize) -> (Buffers<'a, T>, Buffers<'a, T>) {
         fn split_opt<T>(s: &mut [T], mid: usize) -> (&mut [T], &mut [T]) {
             if s.is_empty() {
                 (&mut [], &mut [])
@@ -58,9 +76,9 @@ impl<'a, T> Buffers<'a, T> {
 }
 
 /// One serial pass over `bufs` with coefficients `k`, as a pulp operation.
-pub(crate) struct Pass<'a, T> {
+pub(crate) struct Pass<T, D> {
     pub k: Coefficients<T>,
-    pub bufs: Buffers<'a, T>,
+    pub bufs: D,
 }
 
 /// Calls `$f::<$($ty),*, B1, B2, ...>($args)` with each runtime bool of `[$b1, $b2, ...]` turned
@@ -78,7 +96,7 @@ macro_rules! with_consts {
     };
 }
 
-impl<T: Element> WithSimd for Pass<'_, T> {
+impl<T: Element, D: Driver<T>> WithSimd for Pass<T, D> {
     type Output = ();
 
     #[inline(always)]
@@ -87,7 +105,7 @@ impl<T: Element> WithSimd for Pass<'_, T> {
         match k.rule {
             Rule::PyTorch => with_consts!(
                 [] [k.centered, k.use_momentum, k.use_weight_decay, k.maximize]
-                run_pytorch::<S, T>(simd, &k, bufs)
+                run_pytorch::<S, T, D>(simd, &k, bufs)
             ),
             Rule::Optax {
                 eps_in_sqrt,
@@ -95,22 +113,22 @@ impl<T: Element> WithSimd for Pass<'_, T> {
                 bias_correction,
             } => with_consts!(
                 [] [k.centered, k.use_momentum, nesterov, eps_in_sqrt, bias_correction]
-                run_optax::<S, T>(simd, &k, bufs)
+                run_optax::<S, T, D>(simd, &k, bufs)
             ),
             Rule::Keras => with_consts!(
                 [] [k.centered, k.use_momentum, k.use_weight_decay]
-                run_keras::<S, T>(simd, &k, bufs)
+                run_keras::<S, T, D>(simd, &k, bufs)
             ),
         }
     }
 }
 
 /// `(param, square_avg, grad_avg, momentum_buffer)` after one vector step.
-type Updated<V> = (V, V, V, V);
+pub(crate) type Updated<V> = (V, V, V, V);
 
 /// A semantics' per-vector update, with its coefficients splatted once per pass. A trait method
 /// (not a closure) so that `#[inline(always)]` keeps it inside pulp's target-feature context.
-trait VectorRule<S: Simd, T: Element> {
+pub(crate) trait VectorRule<S: Simd, T: Element> {
     /// Reads and writes `grad_avg`.
     const GA: bool;
     /// Reads and writes `momentum_buffer`.
@@ -251,10 +269,18 @@ impl<S: Simd, T: Element, const C: bool, const M: bool, const W: bool, const X: 
 }
 
 #[inline(always)]
-fn run_pytorch<S: Simd, T: Element, const C: bool, const M: bool, const W: bool, const X: bool>(
+fn run_pytorch<
+    S: Simd,
+    T: Element,
+    D: Driver<T>,
+    const C: bool,
+    const M: bool,
+    const W: bool,
+    const X: bool,
+>(
     simd: S,
     k: &Coefficients<T>,
-    bufs: Buffers<'_, T>,
+    bufs: D,
 ) {
     let splat = |x: T| T::splat(simd, x);
     let rule = PyTorch::<T::Vector<S>, C, M, W, X> {
@@ -267,7 +293,7 @@ fn run_pytorch<S: Simd, T: Element, const C: bool, const M: bool, const W: bool,
         neg_lr: splat(k.neg_lr),
         lerp_from_end: k.lerp_from_end(),
     };
-    drive::<S, T, _>(simd, bufs, &rule);
+    bufs.drive(simd, &rule);
 }
 
 /// optax's step (see [`crate::reference`]), lane by lane.
@@ -348,6 +374,7 @@ impl<
 fn run_optax<
     S: Simd,
     T: Element,
+    D: Driver<T>,
     const C: bool,
     const M: bool,
     const N: bool,
@@ -356,7 +383,7 @@ fn run_optax<
 >(
     simd: S,
     k: &Coefficients<T>,
-    bufs: Buffers<'_, T>,
+    bufs: D,
 ) {
     let splat = |x: T| T::splat(simd, x);
     let rule = Optax::<T::Vector<S>, C, M, N, E, BC> {
@@ -368,7 +395,7 @@ fn run_optax<
         bc: splat(k.bias_correction),
         one: splat(T::one()),
     };
-    drive::<S, T, _>(simd, bufs, &rule);
+    bufs.drive(simd, &rule);
 }
 
 /// Keras 3's step (see [`crate::reference`]), lane by lane.
@@ -427,10 +454,10 @@ impl<S: Simd, T: Element, const C: bool, const M: bool, const W: bool> VectorRul
 }
 
 #[inline(always)]
-fn run_keras<S: Simd, T: Element, const C: bool, const M: bool, const W: bool>(
+fn run_keras<S: Simd, T: Element, D: Driver<T>, const C: bool, const M: bool, const W: bool>(
     simd: S,
     k: &Coefficients<T>,
-    bufs: Buffers<'_, T>,
+    bufs: D,
 ) {
     let splat = |x: T| T::splat(simd, x);
     let rule = Keras::<T::Vector<S>, C, M, W> {
@@ -441,5 +468,5 @@ fn run_keras<S: Simd, T: Element, const C: bool, const M: bool, const W: bool>(
         lr: splat(k.lr),
         wd: splat(k.weight_decay),
     };
-    drive::<S, T, _>(simd, bufs, &rule);
+    bufs.drive(simd, &rule);
 }

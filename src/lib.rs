@@ -44,9 +44,12 @@
 mod backend;
 mod element;
 mod error;
+mod grads;
 mod hyper;
 mod kernel;
+mod mixed;
 pub mod reference;
+pub mod storage;
 
 #[cfg(feature = "rayon")]
 #[allow(unsafe_code)]
@@ -65,13 +68,16 @@ pub use optimizer::{OptimizerError, ParamGroup, RmsProp, TensorState};
 
 pub use backend::{Backend, BackendKind};
 pub use element::Element;
+pub use storage::{bf16, f16, Format, ParamsCopy, Rounding, StepOptions, Storage};
 pub use error::{Buffer, Error};
+pub use grads::{clip_coefficient, GradSlice, NormType};
 pub use hyper::{Coefficients, Hyperparameters, KerasOptions, OptaxOptions, Rule, Semantics};
 #[cfg(feature = "rayon")]
 pub use threading::run_in_pool;
 pub use threading::{Threading, CHUNK_ALIGN, PARALLEL_MIN_LEN};
 
 use kernel::Buffers;
+use mixed::{Dst, MixedBuffers, Prep, Scale, Src};
 
 /// The optimizer state of one parameter buffer, under PyTorch's names. Each buffer has the
 /// length of the parameters and starts at zero, as in PyTorch.
@@ -119,11 +125,11 @@ impl<'a, T> State<'a, T> {
 }
 
 /// Checks everything a step needs before anything is written; returns the rounded coefficients.
-pub(crate) fn validate<T: Element>(
+pub(crate) fn validate<T: Element, P, G, S>(
     hp: &Hyperparameters,
-    params: &[T],
-    grads: &[T],
-    state: &State<'_, T>,
+    params: &[P],
+    grads: &[G],
+    state: &State<'_, S>,
 ) -> Result<Coefficients<T>, Error> {
     let k = Coefficients::<T>::new(hp)?;
     let expected = params.len();
@@ -151,6 +157,92 @@ pub(crate) fn validate<T: Element>(
         state.momentum_buffer.as_ref().map(|s| s.len()),
     )?;
     Ok(k)
+}
+
+/// [`validate`], plus the options and the parameter copy: the coefficients and the gradient
+/// pre-processing in the compute type.
+pub(crate) fn validate_with<T: Element, P, G, S>(
+    hp: &Hyperparameters,
+    options: &StepOptions,
+    params: &[P],
+    grads: &[G],
+    state: &State<'_, S>,
+    copy: Option<&ParamsCopy<'_>>,
+) -> Result<(Coefficients<T>, Prep<T>), Error> {
+    let k = validate::<T, P, G, S>(hp, params, grads, state)?;
+    let prep = prep_for::<T>(options)?;
+    if let Some(copy) = copy {
+        if T::NAME != "f32" {
+            return Err(Error::Unsupported {
+                reason: "a 16-bit parameter copy needs f32, bf16 or f16 parameters, not f64",
+            });
+        }
+        if copy.len() != params.len() {
+            return Err(Error::LengthMismatch {
+                buffer: Buffer::ParamsCopy,
+                expected: params.len(),
+                actual: copy.len(),
+            });
+        }
+    }
+    Ok((k, prep))
+}
+
+/// The options in the compute type `T`, validated.
+fn prep_for<T: Element>(options: &StepOptions) -> Result<Prep<T>, Error> {
+    let s = hyper::checked::<T>("grad_scale", options.grad_scale)?;
+    if s == T::zero() {
+        return Err(Error::InvalidHyperparameter {
+            name: "grad_scale",
+            value: options.grad_scale,
+            reason: "must be > 0 once rounded to the compute type",
+        });
+    }
+    let clip = match options.clip_value {
+        Some(c) => Some(hyper::checked::<T>("clip_value", c)?),
+        None => None,
+    };
+    let m = hyper::checked::<T>("grad_multiplier", options.grad_multiplier)?;
+    let scale = if s == T::one() {
+        Scale::None
+    } else {
+        // Multiplying by an exact, normal reciprocal gives the bits of the division (both are
+        // the correctly rounded g/s): true for every power of two whose reciprocal is normal.
+        let s64 = s.to_f64();
+        let inv = 1.0 / s64;
+        let power_of_two = s64.to_bits() & ((1u64 << 52) - 1) == 0;
+        if power_of_two && T::from_f64(inv).to_f64() == inv && inv >= T::MIN_POSITIVE.to_f64() {
+            Scale::Mul(T::from_f64(inv))
+        } else {
+            Scale::Div(s)
+        }
+    };
+    Ok(Prep {
+        scale,
+        divisor: s,
+        clip,
+        multiplier: (m != T::one()).then_some(m),
+        rounding: options.rounding,
+    })
+}
+
+/// A storage slice as the mixed pass reads it.
+fn src<P: Storage>(s: &[P]) -> Src<'_, P::Compute> {
+    match P::FORMAT {
+        Format::Bf16 => Src::Bf16(bytemuck::cast_slice(s)),
+        Format::F16 => Src::F16(bytemuck::cast_slice(s)),
+        // `P` is its own compute type.
+        Format::F32 | Format::F64 => Src::Native(bytemuck::cast_slice(s)),
+    }
+}
+
+/// A storage slice as the mixed pass writes it.
+fn dst<P: Storage>(s: &mut [P]) -> Dst<'_, P::Compute> {
+    match P::FORMAT {
+        Format::Bf16 => Dst::Bf16(bytemuck::cast_slice_mut(s)),
+        Format::F16 => Dst::F16(bytemuck::cast_slice_mut(s)),
+        Format::F32 | Format::F64 => Dst::Native(bytemuck::cast_slice_mut(s)),
+    }
 }
 
 /// A configured step: which [`Backend`] and which [`Threading`]. `Kernel::default()` is the best
@@ -224,27 +316,114 @@ impl Kernel {
     }
 
     /// One RMSprop step: updates `params` and `state` in place from `grads` (see [`step`]).
+    /// Buffers may be stored as `f32`, `bf16` or `f16` in any mix (computed in `f32`), or all
+    /// `f64`; 16-bit results are rounded to nearest-even. [`Kernel::step_with`] adds gradient
+    /// scaling, clipping, stochastic rounding and a 16-bit parameter copy.
     ///
     /// # Errors
     /// [`Error::InvalidHyperparameter`], [`Error::LengthMismatch`], [`Error::MissingState`] or
     /// [`Error::UnexpectedState`]; all checks run before any write, so on error every buffer is
     /// unchanged.
-    pub fn step<T: Element>(
+    pub fn step<P, G, S>(
         &self,
         hp: &Hyperparameters,
-        params: &mut [T],
-        grads: &[T],
-        state: State<'_, T>,
-    ) -> Result<(), Error> {
-        let k = validate(hp, params, grads, &state)?;
-        let bufs = Buffers {
+        params: &mut [P],
+        grads: &[G],
+        state: State<'_, S>,
+    ) -> Result<(), Error>
+    where
+        P: Storage,
+        G: Storage<Compute = P::Compute>,
+        S: Storage<Compute = P::Compute>,
+    {
+        self.step_with(hp, &StepOptions::default(), params, grads, state, None)
+    }
+
+    /// One step with gradient pre-processing, rounding and an optional 16-bit parameter copy,
+    /// all fused into the single pass (see [`StepOptions`], [`ParamsCopy`]). Each stored value is
+    /// widened exactly to the compute type, the step of [`reference::step_element`] runs, and
+    /// each result is rounded to its buffer's storage (16-bit parameters and state as
+    /// `options.rounding` says, the copy to nearest-even). Every backend, thread count and
+    /// chunking gives the bits of [`reference::step_with`].
+    ///
+    /// ```
+    /// use rmsprop_simd::{bf16, Hyperparameters, Kernel, ParamsCopy, State, StepOptions};
+    ///
+    /// // f32 master weights, bf16 gradients, f32 state, a bf16 copy for the device
+    /// let mut master = vec![1.0f32; 100];
+    /// let grads = vec![bf16::from_f32(0.5); 100];
+    /// let mut v = vec![0.0f32; 100];
+    /// let mut copy = vec![bf16::ZERO; 100];
+    /// Kernel::new().step_with(
+    ///     &Hyperparameters::default(),
+    ///     &StepOptions::default(),
+    ///     &mut master,
+    ///     &grads,
+    ///     State::new(&mut v),
+    ///     Some(ParamsCopy::from(&mut copy[..])),
+    /// )?;
+    /// assert_eq!(copy[0], bf16::from_f32(master[0]));
+    /// # Ok::<(), rmsprop_simd::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Kernel::step`], and [`Error::InvalidHyperparameter`] for an option out of range
+    /// (`grad_scale` not finite and > 0, `clip_value` or `grad_multiplier` negative or not
+    /// finite), [`Error::LengthMismatch`] for the copy, [`Error::Unsupported`] for a copy of
+    /// `f64` parameters. Nothing is written on error.
+    pub fn step_with<P, G, S>(
+        &self,
+        hp: &Hyperparameters,
+        options: &StepOptions,
+        params: &mut [P],
+        grads: &[G],
+        state: State<'_, S>,
+        params_copy: Option<ParamsCopy<'_>>,
+    ) -> Result<(), Error>
+    where
+        P: Storage,
+        G: Storage<Compute = P::Compute>,
+        S: Storage<Compute = P::Compute>,
+    {
+        let (k, prep) = validate_with::<P::Compute, P, G, S>(
+            hp,
+            options,
             params,
             grads,
-            square_avg: state.square_avg,
-            grad_avg: state.grad_avg.unwrap_or(&mut []),
-            momentum_buffer: state.momentum_buffer.unwrap_or(&mut []),
-        };
-        threading::run_one(self, k, bufs);
+            &state,
+            params_copy.as_ref(),
+        )?;
+        let native = P::FORMAT == G::FORMAT && P::FORMAT == S::FORMAT && !P::FORMAT.is_16_bit();
+        if native && params_copy.is_none() && options.is_plain_gradient() {
+            // All buffers are the compute type: the plain kernel.
+            let bufs = Buffers {
+                params: bytemuck::cast_slice_mut(params),
+                grads: bytemuck::cast_slice(grads),
+                square_avg: bytemuck::cast_slice_mut(state.square_avg),
+                grad_avg: state
+                    .grad_avg
+                    .map_or(&mut [][..], |s| bytemuck::cast_slice_mut(s)),
+                momentum_buffer: state
+                    .momentum_buffer
+                    .map_or(&mut [][..], |s| bytemuck::cast_slice_mut(s)),
+            };
+            threading::run_one(self, k, bufs);
+        } else {
+            let bufs = MixedBuffers {
+                params: dst(params),
+                grads: src(grads),
+                square_avg: dst(state.square_avg),
+                grad_avg: state.grad_avg.map(|s| dst(s)),
+                momentum_buffer: state.momentum_buffer.map(|s| dst(s)),
+                copy: params_copy.map(|c| match c {
+                    ParamsCopy::Bf16(s) => Dst::Bf16(bytemuck::cast_slice_mut(s)),
+                    ParamsCopy::F16(s) => Dst::F16(bytemuck::cast_slice_mut(s)),
+                }),
+                prep,
+                offset: 0,
+            };
+            threading::run_one(self, k, bufs);
+        }
         Ok(())
     }
 }
@@ -320,7 +499,7 @@ impl Kernel {
     ) -> Result<(), StepManyError> {
         let mut coeffs = Vec::with_capacity(steps.len());
         for (tensor, s) in steps.iter().enumerate() {
-            let k = validate(s.hyperparameters, s.params, s.grads, &s.state)
+            let k = validate::<T, T, T, T>(s.hyperparameters, s.params, s.grads, &s.state)
                 .map_err(|error| StepManyError { tensor, error })?;
             coeffs.push(k);
         }
@@ -369,12 +548,17 @@ impl Kernel {
 /// }
 /// # Ok::<(), rmsprop_simd::Error>(())
 /// ```
-pub fn step<T: Element>(
+pub fn step<P, G, S>(
     hp: &Hyperparameters,
-    params: &mut [T],
-    grads: &[T],
-    state: State<'_, T>,
-) -> Result<(), Error> {
+    params: &mut [P],
+    grads: &[G],
+    state: State<'_, S>,
+) -> Result<(), Error>
+where
+    P: Storage,
+    G: Storage<Compute = P::Compute>,
+    S: Storage<Compute = P::Compute>,
+{
     Kernel::new().step(hp, params, grads, state)
 }
 

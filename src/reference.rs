@@ -49,7 +49,11 @@
 //! The SIMD kernel ([`crate::Kernel`]) performs the same operations in the same order, lane by
 //! lane; the tests compare it with this module over every backend with `to_bits`.
 
-use crate::{validate, Coefficients, Element, Error, Hyperparameters, Rule, State};
+use crate::storage::{round_to, Buffer16};
+use crate::{
+    validate, validate_with, Coefficients, Element, Error, Hyperparameters, ParamsCopy, Rule,
+    State, StepOptions, Storage,
+};
 
 /// One element of one step: updates `param` and its state in place.
 ///
@@ -245,7 +249,7 @@ pub fn step<T: Element>(
     grads: &[T],
     state: State<'_, T>,
 ) -> Result<(), Error> {
-    let k = validate(hp, params, grads, &state)?;
+    let k = validate::<T, T, T, T>(hp, params, grads, &state)?;
     let State {
         square_avg,
         mut grad_avg,
@@ -260,6 +264,82 @@ pub fn step<T: Element>(
             grad_avg.as_deref_mut().map(|s| &mut s[i]),
             momentum_buffer.as_deref_mut().map(|s| &mut s[i]),
         );
+    }
+    Ok(())
+}
+
+/// The specification of [`crate::Kernel::step_with`]: for each element `i`, every stored value is
+/// widened exactly to the compute type; the gradient is pre-processed (divided by `grad_scale`,
+/// clamped to `±clip_value`, multiplied by `grad_multiplier`, see [`StepOptions`]);
+/// [`step_element`] runs; each result is rounded to its buffer's storage ([`Storage::round`]
+/// to nearest-even, or [`crate::storage::bf16_stochastic`] / [`crate::storage::f16_stochastic`]
+/// with [`crate::storage::random_bits`]`(seed, step, buffer, i)` under stochastic rounding), and
+/// the parameter copy gets the new parameter rounded to nearest-even.
+///
+/// ```
+/// use rmsprop_simd::{bf16, reference, Hyperparameters, State, StepOptions};
+///
+/// let mut p = vec![bf16::ONE; 4];
+/// let g = vec![bf16::from_f32(0.5); 4];
+/// let mut v = vec![bf16::ZERO; 4];
+/// reference::step_with(&Hyperparameters::default(), &StepOptions::default(), &mut p, &g,
+///     State::new(&mut v), None)?;
+/// assert!(p[0] < bf16::ONE);
+/// # Ok::<(), rmsprop_simd::Error>(())
+/// ```
+///
+/// # Errors
+/// As [`crate::Kernel::step_with`]; nothing is written on error.
+pub fn step_with<P, G, S>(
+    hp: &Hyperparameters,
+    options: &StepOptions,
+    params: &mut [P],
+    grads: &[G],
+    state: State<'_, S>,
+    params_copy: Option<ParamsCopy<'_>>,
+) -> Result<(), Error>
+where
+    P: Storage,
+    G: Storage<Compute = P::Compute>,
+    S: Storage<Compute = P::Compute>,
+{
+    let (k, prep) = validate_with::<P::Compute, P, G, S>(
+        hp,
+        options,
+        params,
+        grads,
+        &state,
+        params_copy.as_ref(),
+    )?;
+    let State {
+        square_avg,
+        mut grad_avg,
+        mut momentum_buffer,
+    } = state;
+    let mut params_copy = params_copy;
+    let rounding = options.rounding;
+    for i in 0..params.len() {
+        let mut p = params[i].widen();
+        let g = prep.apply(grads[i].widen());
+        let mut v = square_avg[i].widen();
+        let mut ga = grad_avg.as_deref().map(|s| s[i].widen());
+        let mut b = momentum_buffer.as_deref().map(|s| s[i].widen());
+        step_element(&k, &mut p, g, &mut v, ga.as_mut(), b.as_mut());
+        let index = i as u64;
+        params[i] = round_to::<P>(p, rounding, Buffer16::Params, index);
+        square_avg[i] = round_to::<S>(v, rounding, Buffer16::SquareAvg, index);
+        if let (Some(s), Some(x)) = (grad_avg.as_deref_mut(), ga) {
+            s[i] = round_to::<S>(x, rounding, Buffer16::GradAvg, index);
+        }
+        if let (Some(s), Some(x)) = (momentum_buffer.as_deref_mut(), b) {
+            s[i] = round_to::<S>(x, rounding, Buffer16::MomentumBuffer, index);
+        }
+        // The compute type of a parameter copy is f32 (checked above): the cast is exact.
+        match params_copy.as_mut() {
+            Some(ParamsCopy::Bf16(c)) => c[i] = crate::bf16::from_f32(p.to_f64() as f32),
+            Some(ParamsCopy::F16(c)) => c[i] = crate::f16::from_f32(p.to_f64() as f32),
+            None => {}
+        }
     }
     Ok(())
 }

@@ -14,7 +14,7 @@
 //! caller's floating-point environment (FTZ/DAZ, rounding: see `fpenv.rs`), so the result is
 //! bit-identical to [`Threading::Serial`] for any thread count, threshold and environment.
 
-use crate::kernel::{Buffers, Pass};
+use crate::kernel::{Driver, Pass};
 use crate::{Coefficients, Element, Kernel};
 
 /// Where a step's work runs.
@@ -68,7 +68,7 @@ pub fn run_in_pool<R: Send>(pool: &rayon::ThreadPool, f: impl FnOnce() -> R + Se
 const TASKS_PER_THREAD: usize = 16;
 
 /// Runs one buffer (group 0 of `coeffs`) with `kernel`'s backend and threading.
-pub(crate) fn run_one<T: Element>(kernel: &Kernel, k: Coefficients<T>, bufs: Buffers<'_, T>) {
+pub(crate) fn run_one<T: Element, D: Driver<T>>(kernel: &Kernel, k: Coefficients<T>, bufs: D) {
     #[cfg(feature = "rayon")]
     if splits(kernel, bufs.len()) {
         let total = bufs.len();
@@ -79,10 +79,10 @@ pub(crate) fn run_one<T: Element>(kernel: &Kernel, k: Coefficients<T>, bufs: Buf
 
 /// Runs every `(group, buffers)` piece with the coefficients of its group.
 #[cfg(feature = "std")]
-pub(crate) fn run_many<T: Element>(
+pub(crate) fn run_many<T: Element, D: Driver<T>>(
     kernel: &Kernel,
     coeffs: &[Coefficients<T>],
-    pieces: Vec<(usize, Buffers<'_, T>)>,
+    pieces: Vec<(usize, D)>,
 ) {
     #[cfg(feature = "rayon")]
     {
@@ -101,7 +101,7 @@ pub(crate) fn run_many<T: Element>(
 
 /// Does a step of `total` elements leave the calling thread?
 #[cfg(feature = "rayon")]
-fn splits(kernel: &Kernel, total: usize) -> bool {
+pub(crate) fn splits(kernel: &Kernel, total: usize) -> bool {
     kernel.threading() == Threading::Parallel
         && total >= kernel.parallel_min_len()
         && rayon::current_num_threads() > 1
@@ -118,10 +118,10 @@ fn task_len(total: usize, threads: usize, min_len: usize) -> usize {
 /// Cuts the pieces (`total` elements in all) into tasks of about [`task_len`] elements and runs
 /// them on the current pool.
 #[cfg(feature = "rayon")]
-fn run_tasks<T: Element>(
+fn run_tasks<T: Element, D: Driver<T>>(
     kernel: &Kernel,
     coeffs: &[Coefficients<T>],
-    pieces: Vec<(usize, Buffers<'_, T>)>,
+    pieces: Vec<(usize, D)>,
     total: usize,
 ) {
     use rayon::prelude::*;
@@ -130,7 +130,7 @@ fn run_tasks<T: Element>(
         rayon::current_num_threads(),
         kernel.parallel_min_len(),
     );
-    let mut tasks: Vec<Vec<(usize, Buffers<'_, T>)>> = Vec::new();
+    let mut tasks: Vec<Vec<(usize, D)>> = Vec::new();
     let mut current = Vec::new();
     let mut current_len = 0;
     for (group, mut bufs) in pieces {

@@ -8,7 +8,7 @@ use rmsprop_simd::{
     Backend, BackendKind, Element, Hyperparameters, KerasOptions, Kernel, OptaxOptions, Semantics,
     Threading,
 };
-use support::{backend_or_skip, check_against_reference, kernels_for, Buffers};
+use support::{backend_or_skip, check_against_reference, kernels_for, variants, Buffers};
 
 /// Values that break naive SIMD code: signed zeros, infinities, NaN, subnormals, extremes.
 trait TestFloat: Element {
@@ -96,48 +96,6 @@ impl Inputs {
             momentum_buffer: (0..total).map(|_| self.value(false)).collect(),
         }
     }
-}
-
-/// Every specialisation of the kernel, with ordinary values: PyTorch's 16 combinations of its
-/// four switches, optax's 32 (centered, momentum, nesterov, eps_in_sqrt, bias_correction; at
-/// step 3), Keras's 8 (centered, momentum, weight decay).
-fn variants() -> Vec<Hyperparameters> {
-    let mut out = Vec::new();
-    for bits in 0..16u32 {
-        out.push(Hyperparameters {
-            lr: 0.01,
-            alpha: 0.99,
-            eps: 1e-8,
-            weight_decay: if bits & 1 != 0 { 0.05 } else { 0.0 },
-            momentum: if bits & 2 != 0 { 0.9 } else { 0.0 },
-            centered: bits & 4 != 0,
-            maximize: bits & 8 != 0,
-            ..Default::default()
-        });
-    }
-    for bits in 0..32u32 {
-        out.push(Hyperparameters {
-            momentum: if bits & 2 != 0 { 0.9 } else { 0.0 },
-            centered: bits & 1 != 0,
-            semantics: Semantics::Optax(OptaxOptions {
-                initial_scale: 0.0,
-                nesterov: bits & 4 != 0,
-                eps_in_sqrt: bits & 8 != 0,
-                bias_correction: bits & 16 != 0,
-            }),
-            step: 3,
-            ..Hyperparameters::optax(0.01)
-        });
-    }
-    for bits in 0..8u32 {
-        out.push(Hyperparameters {
-            centered: bits & 1 != 0,
-            momentum: if bits & 2 != 0 { 0.9 } else { 0.0 },
-            weight_decay: if bits & 4 != 0 { 0.05 } else { 0.0 },
-            ..Hyperparameters::keras()
-        });
-    }
-    out
 }
 
 /// Under miri, a subset: each rule with every switch off and every switch on.

@@ -2,7 +2,8 @@
 //! of any kernel against the scalar reference on sub-slices of padded buffers.
 
 use rmsprop_simd::{
-    reference, Backend, BackendKind, Element, Hyperparameters, Kernel, State, Threading,
+    reference, Backend, BackendKind, Element, Hyperparameters, Kernel, OptaxOptions,
+    Semantics, State, Threading,
 };
 
 /// Set (to anything but `0`) in CI: a backend that this CPU supports but the crate did not
@@ -167,3 +168,46 @@ pub fn check_against_reference<T: Element>(
     }
     want
 }
+
+/// Every specialisation of the kernel, with ordinary values: PyTorch's 16 combinations of its
+/// four switches, optax's 32 (centered, momentum, nesterov, eps_in_sqrt, bias_correction; at
+/// step 3), Keras's 8 (centered, momentum, weight decay).
+pub fn variants() -> Vec<Hyperparameters> {
+    let mut out = Vec::new();
+    for bits in 0..16u32 {
+        out.push(Hyperparameters {
+            lr: 0.01,
+            alpha: 0.99,
+            eps: 1e-8,
+            weight_decay: if bits & 1 != 0 { 0.05 } else { 0.0 },
+            momentum: if bits & 2 != 0 { 0.9 } else { 0.0 },
+            centered: bits & 4 != 0,
+            maximize: bits & 8 != 0,
+            ..Default::default()
+        });
+    }
+    for bits in 0..32u32 {
+        out.push(Hyperparameters {
+            momentum: if bits & 2 != 0 { 0.9 } else { 0.0 },
+            centered: bits & 1 != 0,
+            semantics: Semantics::Optax(OptaxOptions {
+                initial_scale: 0.0,
+                nesterov: bits & 4 != 0,
+                eps_in_sqrt: bits & 8 != 0,
+                bias_correction: bits & 16 != 0,
+            }),
+            step: 3,
+            ..Hyperparameters::optax(0.01)
+        });
+    }
+    for bits in 0..8u32 {
+        out.push(Hyperparameters {
+            centered: bits & 1 != 0,
+            momentum: if bits & 2 != 0 { 0.9 } else { 0.0 },
+            weight_decay: if bits & 4 != 0 { 0.05 } else { 0.0 },
+            ..Hyperparameters::keras()
+        });
+    }
+    out
+}
+
