@@ -1,5 +1,6 @@
-//! The golden sets copied into `tests/golden/` (PyTorch 2.15; optax 0.2.8 and Keras 3.15.1) on
-//! every backend, serial and parallel, with the comparison rule of `tests/golden/README.md`.
+//! The golden sets copied into `tests/golden/` (PyTorch 2.15; optax 0.2.8 and Keras 3.15.1;
+//! PyTorch 2.15 with 16-bit gradients, a real GradScaler and a 16-bit copy) on every backend,
+//! serial and parallel, with the comparison rules of `tests/golden/README.md`.
 
 use rmsprop_simd_support::backends as support;
 
@@ -9,7 +10,11 @@ use std::path::PathBuf;
 use support::{backend_or_skip, kernels_for};
 
 /// Each copied set and its number of cases.
-const SETS: [(&str, usize); 2] = [("torch-2.15", 40), ("optax-0.2.8-keras-3.15", 20)];
+const SETS: [(&str, usize); 3] = [
+    ("torch-2.15", 40),
+    ("optax-0.2.8-keras-3.15", 20),
+    ("torch-2.15-mixed", 7),
+];
 
 fn golden_dir(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -5,7 +5,10 @@
 //! `weight_decay`, `momentum`, `centered`, `maximize`, `files`) and raw little-endian arrays.
 
 use crate::state::OwnedState;
-use rmsprop_simd::{Element, Hyperparameters, Kernel, OptaxOptions, Semantics};
+use rmsprop_simd::{
+    bf16, f16, Element, Format, GradSlice, Hyperparameters, Kernel, OptaxOptions, ParamsCopy,
+    Semantics, StepOptions,
+};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
@@ -25,9 +28,20 @@ pub struct Case {
     pub steps: usize,
     pub lr: Vec<f64>,
     pub hp: Hyperparameters,
-    /// `(key, path)` for params0, grads, params, square_avg and the optional state arrays.
+    /// `(key, path)` for params0, grads, params, square_avg, the optional state arrays and
+    /// params_copy.
     pub files: Vec<(String, PathBuf)>,
     pub tolerance: f64,
+    /// Mixed-precision sets: the 16-bit format of `grads` (`grads_dtype`).
+    pub grads_dtype: Option<Format>,
+    /// Mixed-precision sets: one loss scale per step (`grad_scale`); a step whose unscaled
+    /// gradients are not all finite is skipped.
+    pub grad_scale: Option<Vec<f64>>,
+    /// Mixed-precision sets: the format of `params_copy` (`params_copy_dtype`).
+    pub params_copy_dtype: Option<Format>,
+    /// Mixed-precision sets: the steps the generator skipped (`skipped_steps`), checked against
+    /// the finite check's decisions when given.
+    pub skipped_steps: Option<Vec<usize>>,
 }
 
 /// A loaded `cases.json`.
@@ -217,6 +231,39 @@ impl GoldenSet {
             }
             let mut hp = hyperparameters(c, &ctx)?;
             hp.lr = lr.first().copied().unwrap_or(0.0);
+            let format16 = |key: &str| -> Result<Option<Format>, String> {
+                match c.get(key) {
+                    None => Ok(None),
+                    Some(v) => match v.as_str() {
+                        Some("bf16") => Ok(Some(Format::Bf16)),
+                        Some("f16") => Ok(Some(Format::F16)),
+                        _ => Err(format!("{ctx}: `{key}` is neither \"bf16\" nor \"f16\"")),
+                    },
+                }
+            };
+            let grads_dtype = format16("grads_dtype")?;
+            let params_copy_dtype = format16("params_copy_dtype")?;
+            if (grads_dtype.is_some() || params_copy_dtype.is_some()) && dtype != Dtype::F32 {
+                return Err(format!("{ctx}: 16-bit gradients or copies need dtype f32"));
+            }
+            let numbers = |key: &str| -> Result<Option<Vec<f64>>, String> {
+                match c.get(key) {
+                    None => Ok(None),
+                    Some(v) => v
+                        .as_array()
+                        .ok_or_else(|| format!("{ctx}: `{key}` is not an array"))?
+                        .iter()
+                        .map(|x| x.as_f64().ok_or_else(|| format!("{ctx}: `{key}` holds a non-number")))
+                        .collect::<Result<Vec<f64>, String>>()
+                        .map(Some),
+                }
+            };
+            let grad_scale = numbers("grad_scale")?;
+            if grad_scale.as_ref().is_some_and(|g| g.len() != steps) {
+                return Err(format!("{ctx}: `grad_scale` needs one value per step"));
+            }
+            let skipped_steps = numbers("skipped_steps")?
+                .map(|v| v.into_iter().map(|x| x as usize).collect::<Vec<usize>>());
             let (centered, momentum) = hp.uses_state();
             let files_obj = field(c, "files", &ctx)?
                 .as_object()
@@ -233,7 +280,13 @@ impl GoldenSet {
                 ("square_avg", true, n),
                 ("grad_avg", centered, n),
                 ("momentum_buffer", momentum, n),
+                ("params_copy", params_copy_dtype.is_some(), n),
             ] {
+                let size = match key {
+                    "grads" if grads_dtype.is_some() => 2,
+                    "params_copy" => 2,
+                    _ => size,
+                };
                 match (needed, files_obj.get(key)) {
                     (true, None) => return Err(format!("{ctx}: `files` lacks `{key}`")),
                     (false, Some(_)) => {
@@ -262,7 +315,7 @@ impl GoldenSet {
                 }
             }
             if let Some(unknown) = files_obj.keys().find(|k| {
-                !["params0", "grads", "params"].contains(&k.as_str())
+                !["params0", "grads", "params", "params_copy"].contains(&k.as_str())
                     && !STATE_ARRAYS.contains(&k.as_str())
             }) {
                 return Err(format!("{ctx}: `files` has unknown key `{unknown}`"));
@@ -280,6 +333,10 @@ impl GoldenSet {
                 hp,
                 files,
                 tolerance,
+                grads_dtype,
+                grad_scale,
+                params_copy_dtype,
+                skipped_steps,
             });
         }
         Ok(GoldenSet {
@@ -386,8 +443,166 @@ pub fn run_case<T: Element>(case: &Case, kernel: &Kernel) -> Result<Vec<ArrayRep
     Ok(reports)
 }
 
-/// Runs a case with the element type its dtype names.
+/// The 16-bit rule of the mixed README: NaN/Inf positions match, every other element within
+/// one unit in the last place of the 16-bit type. Returns the worst distance in ulps (`inf` when
+/// the special positions differ).
+pub fn ulps16(got: &[u16], expected: &[u16], format: Format) -> f64 {
+    let widen = |b: u16| match format {
+        Format::Bf16 => bf16::from_bits(b).to_f64(),
+        _ => f16::from_bits(b).to_f64(),
+    };
+    // sign-magnitude bits on a monotone integer line
+    let line = |b: u16| {
+        if b & 0x8000 != 0 {
+            -((b & 0x7FFF) as i64)
+        } else {
+            b as i64
+        }
+    };
+    let mut worst = 0i64;
+    for (&g, &e) in got.iter().zip(expected) {
+        let (x, y) = (widen(g), widen(e));
+        if x.is_nan() || y.is_nan() || x.is_infinite() || y.is_infinite() {
+            if !(x.is_nan() && y.is_nan() || x == y) {
+                return f64::INFINITY;
+            }
+            continue;
+        }
+        worst = worst.max((line(g) - line(e)).abs());
+    }
+    worst as f64
+}
+
+/// Runs a mixed-precision case (f32 master parameters and state, 16-bit gradients, loss scales,
+/// a 16-bit copy): each step checks the unscaled gradients with `Kernel::grads_are_finite`
+/// and skips the step when one is not finite (as `GradScaler` does), else one fused
+/// `Kernel::step_with` divides by the scale and writes the copy.
+pub fn run_mixed_case(case: &Case, kernel: &Kernel) -> Result<Vec<ArrayReport>, String> {
+    let path_of = |key: &str| {
+        case.files
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, p)| p.as_path())
+    };
+    let load = |key: &str| read_array::<f32>(path_of(key).expect("checked when loaded"));
+    let load16 = |key: &str| -> Result<Vec<u16>, String> {
+        let bytes = std::fs::read(path_of(key).expect("checked when loaded"))
+            .map_err(|e| format!("cannot read {key}: {e}"))?;
+        Ok(bytes
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .collect())
+    };
+    let n = case.n;
+    let params0 = load("params0")?;
+    let grads_f32 = match case.grads_dtype {
+        None => Some(load("grads")?),
+        Some(_) => None,
+    };
+    let grads16 = match case.grads_dtype {
+        Some(_) => load16("grads")?,
+        None => Vec::new(),
+    };
+    let mut params = params0.clone();
+    let mut st = OwnedState::<f32>::zeros(n);
+    let copy_format = case.params_copy_dtype;
+    let mut copy_bf16: Vec<bf16> = params0.iter().map(|&x| bf16::from_f32(x)).collect();
+    let mut copy_f16: Vec<f16> = params0.iter().map(|&x| f16::from_f32(x)).collect();
+    let mut skipped = Vec::new();
+    for (s, &lr) in case.lr.iter().enumerate() {
+        let hp = Hyperparameters {
+            lr,
+            step: s as u64 + 1,
+            ..case.hp
+        };
+        let scale = case.grad_scale.as_ref().map_or(1.0, |g| g[s]);
+        let row = s * n..(s + 1) * n;
+        let g16 = &grads16[if case.grads_dtype.is_some() { row.clone() } else { 0..0 }];
+        let gb: &[bf16] = bytemuck::cast_slice(g16);
+        let gh: &[f16] = bytemuck::cast_slice(g16);
+        let slice: GradSlice<'_> = match (case.grads_dtype, &grads_f32) {
+            (Some(Format::Bf16), _) => gb.into(),
+            (Some(_), _) => gh.into(),
+            (None, Some(g)) => (&g[row.clone()]).into(),
+            (None, None) => unreachable!("f32 gradients are loaded when there is no grads_dtype"),
+        };
+        if case.grad_scale.is_some()
+            && !kernel
+                .grads_are_finite(&[slice], scale)
+                .map_err(|e| format!("step {s}: {e}"))?
+        {
+            skipped.push(s);
+            continue;
+        }
+        let opts = StepOptions {
+            grad_scale: scale,
+            ..StepOptions::default()
+        };
+        let state = st.state(&hp);
+        let copy = match copy_format {
+            Some(Format::Bf16) => Some(ParamsCopy::from(&mut copy_bf16[..])),
+            Some(_) => Some(ParamsCopy::from(&mut copy_f16[..])),
+            None => None,
+        };
+        let r = match slice {
+            GradSlice::Bf16(g) => kernel.step_with(&hp, &opts, &mut params, g, state, copy),
+            GradSlice::F16(g) => kernel.step_with(&hp, &opts, &mut params, g, state, copy),
+            GradSlice::F32(g) => kernel.step_with(&hp, &opts, &mut params, g, state, copy),
+            GradSlice::F64(_) => unreachable!("f32 cases only"),
+        };
+        r.map_err(|e| format!("step {s} refused: {e}"))?;
+    }
+    let zeros = vec![0.0f32; n];
+    let tiny = f32::MIN_POSITIVE as f64;
+    let mut reports = Vec::new();
+    for (key, got, start) in [
+        ("params", &params, &params0),
+        ("square_avg", &st.square_avg, &zeros),
+        ("grad_avg", &st.grad_avg, &zeros),
+        ("momentum_buffer", &st.momentum_buffer, &zeros),
+    ] {
+        if path_of(key).is_none() {
+            continue;
+        }
+        let expected = load(key)?;
+        let error = relative_error(got, &expected, start, tiny);
+        reports.push(ArrayReport {
+            array: key.to_string(),
+            error,
+            pass: error <= case.tolerance,
+        });
+    }
+    if let Some(format) = copy_format {
+        let got: Vec<u16> = match format {
+            Format::Bf16 => copy_bf16.iter().map(|x| x.to_bits()).collect(),
+            _ => copy_f16.iter().map(|x| x.to_bits()).collect(),
+        };
+        let ulps = ulps16(&got, &load16("params_copy")?, format);
+        // Reported in units of the tolerance: one ulp of the 16-bit type is the limit.
+        reports.push(ArrayReport {
+            array: "params_copy".into(),
+            error: ulps * case.tolerance,
+            pass: ulps <= 1.0,
+        });
+    }
+    if let Some(expected) = &case.skipped_steps {
+        let same = *expected == skipped;
+        reports.push(ArrayReport {
+            array: format!("skipped_steps {skipped:?}"),
+            error: if same { 0.0 } else { f64::INFINITY },
+            pass: same,
+        });
+    }
+    Ok(reports)
+}
+
+/// Runs a case with the element type its dtype names (mixed-precision cases through
+/// [`run_mixed_case`]).
 pub fn run_case_any(case: &Case, kernel: &Kernel) -> Result<Vec<ArrayReport>, String> {
+    if case.grads_dtype.is_some() || case.grad_scale.is_some() || case.params_copy_dtype.is_some()
+    {
+        return run_mixed_case(case, kernel);
+    }
     match case.dtype {
         Dtype::F32 => run_case::<f32>(case, kernel),
         Dtype::F64 => run_case::<f64>(case, kernel),
