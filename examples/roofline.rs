@@ -20,11 +20,22 @@
 //! cargo run --release --example roofline -- --threshold    # only the parallel-threshold section
 //! cargo run --release --example roofline -- --sizes 3e4,3e7 --variants optax,keras  # a subset
 //! cargo run --release --example roofline -- --svg out.svg  # plot elsewhere (docs/roofline.svg)
+//! cargo run --release --example roofline -- --mixed        # only the 16-bit storage section
 //! ```
+//!
+//! The mixed-precision section (`--mixed`, also part of the full run) compares, at 3e4 (in L2)
+//! and 3e7 elements on 1 and all threads: the f32 kernel, all-bf16 storage (nearest-even and
+//! stochastic rounding), f32 master weights with bf16 gradients and a fused bf16 copy, and the
+//! unfused pipeline that does the same in three passes (convert the gradients, f32 step, convert
+//! the parameters); each against a bandwidth probe with its own bytes per element and against the
+//! divider ceiling.
 
 use plotters::prelude::*;
 use pulp::{Simd, WithSimd};
-use rmsprop_simd::{BackendKind, Element, Hyperparameters, Kernel, State, Threading};
+use rmsprop_simd::{
+    bf16, BackendKind, Element, Hyperparameters, Kernel, ParamsCopy, Rounding, State, StepOptions,
+    Threading,
+};
 use rmsprop_simd_support::timing;
 
 // ---------------------------------------------------------------- timing
@@ -580,6 +591,10 @@ fn main() {
         parallel_threshold();
         return;
     }
+    if args.iter().any(|a| a == "--mixed") {
+        mixed_precision();
+        return;
+    }
     let arg = |name: &str| {
         args.iter()
             .position(|a| a == name)
@@ -653,6 +668,7 @@ fn main() {
     }
 
     parallel_threshold();
+    mixed_precision();
 
     if let Some(dir) = std::path::Path::new(&svg).parent() {
         let _ = std::fs::create_dir_all(dir);
@@ -702,5 +718,299 @@ fn parallel_threshold() {
                 ""
             }
         );
+    }
+}
+
+// ---------------------------------------------------------------- mixed precision
+
+/// One mixed-precision configuration's buffers: parameters, gradients, square_avg and an optional
+/// copy, each in its storage type, plus the f32 scratch of the unfused pipeline.
+struct MixedBufs {
+    p32: Vec<f32>,
+    p16: Vec<bf16>,
+    g32: Vec<f32>,
+    g16: Vec<bf16>,
+    v32: Vec<f32>,
+    v16: Vec<bf16>,
+    copy: Vec<bf16>,
+    scratch: Vec<f32>,
+    pristine: (Vec<f32>, Vec<bf16>, Vec<f32>, Vec<bf16>),
+}
+
+impl MixedBufs {
+    fn new(len: usize) -> Self {
+        let p32: Vec<f32> = fill(len, 0);
+        let v32: Vec<f32> = fill(len, 1);
+        let g32: Vec<f32> = fill(len, 99);
+        let p16: Vec<bf16> = p32.iter().map(|&x| bf16::from_f32(x)).collect();
+        let v16: Vec<bf16> = v32.iter().map(|&x| bf16::from_f32(x)).collect();
+        MixedBufs {
+            g16: g32.iter().map(|&x| bf16::from_f32(x)).collect(),
+            copy: p16.clone(),
+            scratch: vec![0.0; len],
+            pristine: (p32.clone(), p16.clone(), v32.clone(), v16.clone()),
+            p32,
+            p16,
+            g32,
+            v32,
+            v16,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.p32.copy_from_slice(&self.pristine.0);
+        self.p16.copy_from_slice(&self.pristine.1);
+        self.v32.copy_from_slice(&self.pristine.2);
+        self.v16.copy_from_slice(&self.pristine.3);
+    }
+}
+
+/// The bandwidth probe of a byte pattern: `read` arrays read once, `rw` arrays read and written in
+/// place, `write` arrays written, `len` elements of the given sizes, streamed together in blocks
+/// of 64 elements (plain loops the compiler vectorises; a memory-bound stream needs no more).
+fn byte_stream(read: &[&[u8]], rw: &mut [&mut [u8]], write: &mut [&mut [u8]], len: usize) {
+    const BLOCK: usize = 64;
+    let mut acc = 0u8;
+    for b in 0..len / BLOCK {
+        for r in read {
+            let w = r.len() / len * BLOCK;
+            acc ^= r[b * w..(b + 1) * w].iter().fold(0u8, |a, &x| a ^ x);
+        }
+        // `acc == 1` is data-dependent, so the reads cannot be dropped; it is almost never true.
+        let flip = (acc == 1) as u8;
+        for x in rw.iter_mut() {
+            let w = x.len() / len * BLOCK;
+            for y in &mut x[b * w..(b + 1) * w] {
+                *y ^= flip;
+            }
+        }
+        for x in write.iter_mut() {
+            let w = x.len() / len * BLOCK;
+            for y in &mut x[b * w..(b + 1) * w] {
+                *y = flip;
+            }
+        }
+    }
+}
+
+/// [`byte_stream`] on `threads` threads (equal contiguous parts).
+fn byte_stream_on(
+    threads: usize,
+    read: &[&[u8]],
+    rw: &mut [&mut [u8]],
+    write: &mut [&mut [u8]],
+    len: usize,
+) {
+    if threads == 1 {
+        return byte_stream(read, rw, write, len);
+    }
+    let part = len.div_ceil(threads).next_multiple_of(64);
+    let cut = |bytes: usize| bytes / len * part;
+    let mut reads: Vec<Vec<&[u8]>> = (0..threads).map(|_| Vec::new()).collect();
+    for r in read {
+        for (t, c) in r.chunks(cut(r.len())).enumerate() {
+            reads[t].push(c);
+        }
+    }
+    let mut rws: Vec<Vec<&mut [u8]>> = (0..threads).map(|_| Vec::new()).collect();
+    for x in rw.iter_mut() {
+        let c = cut(x.len());
+        for (t, ch) in x.chunks_mut(c).enumerate() {
+            rws[t].push(ch);
+        }
+    }
+    let mut writes: Vec<Vec<&mut [u8]>> = (0..threads).map(|_| Vec::new()).collect();
+    for x in write.iter_mut() {
+        let c = cut(x.len());
+        for (t, ch) in x.chunks_mut(c).enumerate() {
+            writes[t].push(ch);
+        }
+    }
+    rayon::scope(|s| {
+        for ((r, mut x), mut w) in reads.into_iter().zip(rws).zip(writes) {
+            let n = (part).min(len);
+            let n = if r.is_empty() {
+                n
+            } else {
+                r[0].len() * len / read[0].len()
+            };
+            s.spawn(move |_| byte_stream(&r, &mut x, &mut w, n));
+        }
+    });
+}
+
+fn mixed_precision() {
+    use bytemuck::{cast_slice, cast_slice_mut};
+    use half::slice::HalfFloatSliceExt;
+    let backend = Kernel::new().backend().kind();
+    let divider = DividerData::<f32>::new();
+    let hp = Hyperparameters::default();
+    let all = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let thread_counts: Vec<usize> = if all > 1 { vec![1, all] } else { vec![1] };
+    println!("\nmixed precision (plain RMSprop, PyTorch semantics; Gelem/s; % of the limit of the row's own bytes/element):");
+    println!(
+        "{:<30} {:>10} {:>3} {:>4} | {:>7} {:>7} {:>6} | {:>7} {:>6} | {:>6}",
+        "configuration",
+        "elements",
+        "thr",
+        "B/el",
+        "Gelem/s",
+        "bw",
+        "% bw",
+        "div",
+        "% div",
+        "% roof"
+    );
+    let mut summary = Vec::new();
+    for len in [30_000usize, 30_000_000] {
+        let mut m = MixedBufs::new(len);
+        for &threads in &thread_counts {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let kernel = Kernel::new().with_threading(if threads == 1 {
+                Threading::Serial
+            } else {
+                Threading::Parallel
+            });
+            let plain = StepOptions::default();
+            let sr = StepOptions {
+                rounding: Rounding::Stochastic { seed: 1, step: 1 },
+                ..StepOptions::default()
+            };
+            let f32_step = |m: &mut MixedBufs| {
+                kernel
+                    .step(&hp, &mut m.p32, &m.g32, State::new(&mut m.v32))
+                    .unwrap()
+            };
+            let bf16_ne = |m: &mut MixedBufs| {
+                kernel
+                    .step_with(
+                        &hp,
+                        &plain,
+                        &mut m.p16,
+                        &m.g16,
+                        State::new(&mut m.v16),
+                        None,
+                    )
+                    .unwrap()
+            };
+            let bf16_sr = |m: &mut MixedBufs| {
+                kernel
+                    .step_with(&hp, &sr, &mut m.p16, &m.g16, State::new(&mut m.v16), None)
+                    .unwrap()
+            };
+            let master = |m: &mut MixedBufs| {
+                kernel
+                    .step_with(
+                        &hp,
+                        &plain,
+                        &mut m.p32,
+                        &m.g16,
+                        State::new(&mut m.v32),
+                        Some(ParamsCopy::from(&mut m.copy[..])),
+                    )
+                    .unwrap()
+            };
+            let unfused = |m: &mut MixedBufs| {
+                let chunk = len.div_ceil(threads).max(1);
+                use rayon::prelude::*;
+                m.g16
+                    .par_chunks(chunk)
+                    .zip(m.scratch.par_chunks_mut(chunk))
+                    .for_each(|(a, b)| a.convert_to_f32_slice(b));
+                kernel
+                    .step(&hp, &mut m.p32, &m.scratch, State::new(&mut m.v32))
+                    .unwrap();
+                m.copy
+                    .par_chunks_mut(chunk)
+                    .zip(m.p32.par_chunks(chunk))
+                    .for_each(|(a, b)| a.convert_from_f32_slice(b));
+            };
+            // Bandwidth probes with each configuration's byte pattern.
+            let bw_f32 = |m: &mut MixedBufs| {
+                byte_stream_on(
+                    threads,
+                    &[cast_slice(&m.g32)],
+                    &mut [cast_slice_mut(&mut m.p32), cast_slice_mut(&mut m.v32)],
+                    &mut [],
+                    len,
+                )
+            };
+            let bw_bf16 = |m: &mut MixedBufs| {
+                byte_stream_on(
+                    threads,
+                    &[cast_slice(&m.g16)],
+                    &mut [cast_slice_mut(&mut m.p16), cast_slice_mut(&mut m.v16)],
+                    &mut [],
+                    len,
+                )
+            };
+            let bw_master = |m: &mut MixedBufs| {
+                byte_stream_on(
+                    threads,
+                    &[cast_slice(&m.g16)],
+                    &mut [cast_slice_mut(&mut m.p32), cast_slice_mut(&mut m.v32)],
+                    &mut [cast_slice_mut(&mut m.copy)],
+                    len,
+                )
+            };
+            let div = |_: &mut MixedBufs| divider.run(backend, 1);
+            let t = pool.install(|| {
+                seconds_per_call_each(
+                    &mut m,
+                    MixedBufs::reset,
+                    [
+                        &f32_step, &bf16_ne, &bf16_sr, &master, &unfused, &bw_f32, &bw_bf16,
+                        &bw_master, &div,
+                    ],
+                )
+            });
+            let [t_f32, t_ne, t_sr, t_master, t_unfused, b_f32, b_bf16, b_master, t_div] = t;
+            let div_rate = DIVIDER_LEN as f64 / t_div * threads as f64;
+            let rate = |secs: f64| len as f64 / secs;
+            for (name, secs, bytes, bw_secs) in [
+                ("f32 (params, grads, state)", t_f32, 20.0, b_f32),
+                ("bf16 all, nearest-even", t_ne, 10.0, b_bf16),
+                ("bf16 all, stochastic", t_sr, 10.0, b_bf16),
+                ("master f32 + bf16 grads + copy", t_master, 20.0, b_master),
+                (
+                    "  unfused: convert, step, convert",
+                    t_unfused,
+                    32.0,
+                    b_master,
+                ),
+            ] {
+                let bw = rate(bw_secs);
+                let roof = bw.min(div_rate);
+                println!(
+                    "{:<30} {:>10} {:>3} {:>4} | {:>7.3} {:>7.3} {:>5.0}% | {:>7.3} {:>5.0}% | {:>5.0}%",
+                    name,
+                    len,
+                    threads,
+                    bytes,
+                    rate(secs) / 1e9,
+                    bw / 1e9,
+                    100.0 * rate(secs) / bw,
+                    div_rate / 1e9,
+                    100.0 * rate(secs) / div_rate,
+                    100.0 * rate(secs) / roof
+                );
+            }
+            summary.push(format!(
+                "  {len:>9} x {threads} thr: bf16/f32 {:.2}x; stochastic/nearest {:.2}; fused master/unfused {:.2}x",
+                t_f32 / t_ne,
+                t_ne / t_sr,
+                t_unfused / t_master
+            ));
+        }
+    }
+    println!("(the unfused row's % columns use the fused row's limits: its goal is the fused pass's 20 bytes)");
+    println!("ratios (elements per second, same run):");
+    for s in summary {
+        println!("{s}");
     }
 }

@@ -17,29 +17,40 @@ pub(crate) struct Buffers<'a, T> {
     pub momentum_buffer: &'a mut [T],
 }
 
-/// The buffers of one pass as the kernel walks them: the plain ones ([`Buffers`], each element
-/// of the compute type) or the mixed ones (`crate::mixed::MixedBuffers`: 16-bit storage, gradient
-/// pre-processing, rounding). Threading cuts them with `split_at`; a rule runs over them with
-/// `drive`.
-pub(crate) trait Driver<T: Element>: Send + Sized {
+/// The work of one pass as threading sees it: the plain buffers ([`Buffers`], each element of
+/// the compute type) or the mixed ones (`crate::mixed::MixedBuffers`: 16-bit storage, gradient
+/// pre-processing, rounding). Threading cuts them with `split_at` and runs each piece with `run`.
+pub(crate) trait Piece<T: Element>: Send + Sized {
     /// Elements.
     #[cfg_attr(not(feature = "rayon"), allow(dead_code))]
     fn len(&self) -> usize;
     /// Splits every buffer at `mid` (the second part knows where it starts).
     #[cfg_attr(not(feature = "rayon"), allow(dead_code))]
     fn split_at(self, mid: usize) -> (Self, Self);
+    /// One serial pass with coefficients `k` on `backend`.
+    fn run(self, backend: crate::Backend, k: Coefficients<T>);
+}
+
+/// Buffers a rule runs over ([`drive`]).
+pub(crate) trait Driver<T: Element> {
     /// Runs `rule` over every element.
     fn drive<S: Simd, R: VectorRule<S, T>>(self, simd: S, rule: &R);
 }
 
-impl<'a, T: Element> Driver<T> for Buffers<'a, T> {
+impl<T: Element> Driver<T> for Buffers<'_, T> {
+    #[inline(always)]
+    fn drive<S: Simd, R: VectorRule<S, T>>(self, simd: S, rule: &R) {
+        drive(simd, self, rule)
+    }
+}
+
+impl<'a, T: Element> Piece<T> for Buffers<'a, T> {
     fn len(&self) -> usize {
         self.params.len()
     }
 
-    #[inline(always)]
-    fn drive<S: Simd, R: VectorRule<S, T>>(self, simd: S, rule: &R) {
-        drive(simd, self, rule)
+    fn run(self, backend: crate::Backend, k: Coefficients<T>) {
+        backend.vectorize(Pass { k, bufs: self });
     }
 
     /// Splits every buffer at `mid` (absent, empty state buffers stay empty on both sides).

@@ -68,10 +68,10 @@ pub use optimizer::{OptimizerError, ParamGroup, RmsProp, TensorState};
 
 pub use backend::{Backend, BackendKind};
 pub use element::Element;
-pub use storage::{bf16, f16, Format, ParamsCopy, Rounding, StepOptions, Storage};
 pub use error::{Buffer, Error};
 pub use grads::{clip_coefficient, GradSlice, NormType};
 pub use hyper::{Coefficients, Hyperparameters, KerasOptions, OptaxOptions, Rule, Semantics};
+pub use storage::{bf16, f16, Format, ParamsCopy, Rounding, StepOptions, Storage};
 #[cfg(feature = "rayon")]
 pub use threading::run_in_pool;
 pub use threading::{Threading, CHUNK_ALIGN, PARALLEL_MIN_LEN};

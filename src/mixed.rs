@@ -8,10 +8,10 @@
 //! f16 by ryg's branch-free algorithms, with no subnormal `f32` inputs or outputs, so FTZ/DAZ do
 //! not change them); results go back the same way (`vpmovdw`/`xtn`). The conversions equal
 //! [`crate::storage`]'s scalar specification bit for bit.
-use crate::kernel::{Driver, VectorRule};
+use crate::kernel::{Buffers, Pass, Piece};
 use crate::storage::{stream_key, Buffer16, Rounding};
-use crate::Element;
-use pulp::Simd;
+use crate::{Coefficients, Element};
+use pulp::{Simd, WithSimd};
 
 /// A read-only buffer of the pass.
 pub(crate) enum Src<'a, T> {
@@ -138,7 +138,7 @@ pub(crate) struct MixedBuffers<'a, T> {
     pub offset: u64,
 }
 
-impl<T: Element> Driver<T> for MixedBuffers<'_, T> {
+impl<T: Element> Piece<T> for MixedBuffers<'_, T> {
     fn len(&self) -> usize {
         self.params.len()
     }
@@ -174,23 +174,31 @@ impl<T: Element> Driver<T> for MixedBuffers<'_, T> {
         )
     }
 
-    #[inline(always)]
-    fn drive<S: Simd, R: VectorRule<S, T>>(self, simd: S, rule: &R) {
-        drive_mixed(simd, self, rule)
+    fn run(self, backend: crate::Backend, k: Coefficients<T>) {
+        backend.vectorize(MixedPass { k, bufs: self });
     }
 }
 
-/// The splatted constants of a pass.
-struct Consts<S: Simd, T: Element> {
-    scale: Scale<T::Vector<S>>,
-    clip: Option<(T::Vector<S>, T::Vector<S>)>,
-    multiplier: Option<T::Vector<S>>,
-    /// Stream keys of params, square_avg, grad_avg, momentum_buffer (stochastic rounding only).
-    keys: Option<[S::u32s; 4]>,
-    /// `0, 1, 2, ...`: the indices of a chunk.
-    iota: S::u32s,
-    zero: T::Vector<S>,
+/// One serial mixed pass, as a pulp operation: the staging is compiled once per backend and
+/// element type; each block runs the plain kernel's pass (its rule dispatch costs a few branches
+/// per block).
+struct MixedPass<'a, T> {
+    k: Coefficients<T>,
+    bufs: MixedBuffers<'a, T>,
 }
+
+impl<T: Element> WithSimd for MixedPass<'_, T> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) {
+        drive_mixed(simd, self.k, self.bufs)
+    }
+}
+
+/// Elements per block: the unit of staging (16-bit and pre-processed buffers are widened into
+/// stack arrays of this many compute-type elements, in L1).
+const BLOCK: usize = 512;
 
 /// The widest vector of `u32` lanes (AVX-512).
 const MAX_LANES: usize = 16;
@@ -207,318 +215,337 @@ const IOTA: [u32; MAX_LANES] = {
 };
 
 #[inline(always)]
-fn drive_mixed<S: Simd, T: Element, R: VectorRule<S, T>>(
-    simd: S,
-    bufs: MixedBuffers<'_, T>,
-    rule: &R,
-) {
-    let n = bufs.len();
-    if n == 0 {
-        return;
-    }
-    // The random key covers 2^32 indices: a pass that crosses such a boundary is cut there.
+fn drive_mixed<S: Simd, T: Element>(simd: S, k: Coefficients<T>, bufs: MixedBuffers<'_, T>) {
+    // The random key covers 2^32 indices: a pass that crosses such a boundary is cut there
+    // (a loop, not recursion: a recursive function could not be inlined into pulp's
+    // target-feature context).
     let stochastic = matches!(bufs.prep.rounding, Rounding::Stochastic { .. });
-    if stochastic && (bufs.offset >> 32) != ((bufs.offset + n as u64 - 1) >> 32) {
-        let mid = ((1u64 << 32) - (bufs.offset & 0xFFFF_FFFF)) as usize;
-        let (a, b) = bufs.split_at(mid);
-        drive_mixed(simd, a, rule);
-        drive_mixed(simd, b, rule);
-        return;
-    }
-
-    let w = T::lanes::<S>();
-    let splat = |x: T| T::splat(simd, x);
-    let u32_lanes = core::mem::size_of::<S::u32s>() / 4;
-    let consts = Consts::<S, T> {
-        scale: match bufs.prep.scale {
-            Scale::None => Scale::None,
-            Scale::Mul(m) => Scale::Mul(splat(m)),
-            Scale::Div(d) => Scale::Div(splat(d)),
-        },
-        clip: bufs.prep.clip.map(|c| (splat(-c), splat(c))),
-        multiplier: bufs.prep.multiplier.map(splat),
-        keys: match bufs.prep.rounding {
-            Rounding::Stochastic { seed, step } => {
-                let hi = (bufs.offset >> 32) as u32;
-                let key = |b| simd.splat_u32s(stream_key(seed, step, b, hi));
-                Some([
-                    key(Buffer16::Params),
-                    key(Buffer16::SquareAvg),
-                    key(Buffer16::GradAvg),
-                    key(Buffer16::MomentumBuffer),
-                ])
-            }
-            Rounding::NearestEven => None,
-        },
-        iota: bytemuck::pod_read_unaligned(bytemuck::cast_slice(&IOTA[..u32_lanes])),
-        zero: splat(T::zero()),
-    };
-
-    let full = n / w * w;
-    let base = bufs.offset as u32;
     let mut bufs = bufs;
-    let mut i = 0;
-    while i < full {
-        chunk(simd, rule, &consts, &mut bufs, i, w, base.wrapping_add(i as u32));
-        i += w;
-    }
-    if full < n {
-        tail(simd, rule, &consts, bufs, full, w, base.wrapping_add(full as u32));
+    loop {
+        let n = bufs.len() as u64;
+        if stochastic && n > 0 && (bufs.offset >> 32) != ((bufs.offset + n - 1) >> 32) {
+            let mid = ((1u64 << 32) - (bufs.offset & 0xFFFF_FFFF)) as usize;
+            let (a, b) = bufs.split_at(mid);
+            segment(simd, k, a);
+            bufs = b;
+        } else {
+            return segment(simd, k, bufs);
+        }
     }
 }
 
-/// The last `len - from` (< `w`) elements: copied into padded local buffers, stepped as a whole
-/// chunk (the padding's results are discarded), copied back.
+/// A buffer of the block being stepped: the caller's own slice when it is stored in the compute
+/// type, else the stack array it was widened into.
 #[inline(always)]
-fn tail<S: Simd, T: Element, R: VectorRule<S, T>>(
+fn stage<'s, S: Simd, T: Element>(
     simd: S,
-    rule: &R,
-    consts: &Consts<S, T>,
-    bufs: MixedBuffers<'_, T>,
-    from: usize,
-    w: usize,
+    d: &'s mut Dst<'_, T>,
+    r: core::ops::Range<usize>,
+    stack: &'s mut [T],
+) -> &'s mut [T] {
+    match d {
+        Dst::Native(s) => &mut s[r],
+        Dst::Bf16(s) => {
+            simd.vectorize(Widen {
+                src: Src::Bf16(&s[r]),
+                out: &mut *stack,
+                prep: None,
+            });
+            stack
+        }
+        Dst::F16(s) => {
+            simd.vectorize(Widen {
+                src: Src::F16(&s[r]),
+                out: &mut *stack,
+                prep: None,
+            });
+            stack
+        }
+    }
+}
+
+/// Rounds a staged block back into its 16-bit buffer (native buffers were stepped in place).
+#[inline(always)]
+fn unstage<S: Simd, T: Element>(
+    simd: S,
+    d: &mut Dst<'_, T>,
+    r: core::ops::Range<usize>,
+    stack: &[T],
+    key: Option<u32>,
     base: u32,
 ) {
-    let n = bufs.len() - from;
-    let mut locals: [Local<T>; 6] = Default::default();
-    let [lp, lg, lv, la, lb, lc] = &mut locals;
+    let (dst, format) = match d {
+        Dst::Native(_) => return,
+        Dst::Bf16(s) => (&mut s[r], Half::Bf16),
+        Dst::F16(s) => (&mut s[r], Half::F16),
+    };
+    simd.vectorize(Narrow {
+        src: stack,
+        dst,
+        format,
+        key,
+        base,
+    });
+}
+
+/// A pass within one 2^32-element key range: block by block, the 16-bit (and pre-processed)
+/// buffers are widened into L1-resident arrays, the plain kernel's pass runs over the block,
+/// and the results are rounded back. Each element is still read and written once in
+/// memory; the conversions are their own pulp operations, compiled once per backend rather than
+/// once per rule.
+#[inline(always)]
+fn segment<S: Simd, T: Element>(simd: S, k: Coefficients<T>, bufs: MixedBuffers<'_, T>) {
     let MixedBuffers {
-        params,
+        mut params,
         grads,
-        square_avg,
-        grad_avg,
-        momentum_buffer,
-        copy,
+        mut square_avg,
+        mut grad_avg,
+        mut momentum_buffer,
+        mut copy,
         prep,
         offset,
     } = bufs;
-    let mut params = params;
-    let mut square_avg = square_avg;
-    let mut grad_avg = grad_avg;
-    let mut momentum_buffer = momentum_buffer;
-    let mut copy = copy;
-    let mut local = MixedBuffers {
-        params: lp.dst(&params, from, w),
-        grads: lg.src(&grads, from, w),
-        square_avg: lv.dst(&square_avg, from, w),
-        grad_avg: grad_avg.as_ref().map(|d| la.dst(d, from, w)),
-        momentum_buffer: momentum_buffer.as_ref().map(|d| lb.dst(d, from, w)),
-        copy: copy.as_ref().map(|d| lc.dst(d, from, w)),
-        prep,
-        offset,
+    let n = params.len();
+    let keys = match prep.rounding {
+        Rounding::Stochastic { seed, step } => {
+            let hi = (offset >> 32) as u32;
+            Some([
+                stream_key(seed, step, Buffer16::Params, hi),
+                stream_key(seed, step, Buffer16::SquareAvg, hi),
+                stream_key(seed, step, Buffer16::GradAvg, hi),
+                stream_key(seed, step, Buffer16::MomentumBuffer, hi),
+            ])
+        }
+        Rounding::NearestEven => None,
     };
-    chunk(simd, rule, consts, &mut local, 0, w, base);
-    copy_back(&local.params, &mut params, from, n);
-    copy_back(&local.square_avg, &mut square_avg, from, n);
-    if let (Some(l), Some(d)) = (&local.grad_avg, &mut grad_avg) {
-        copy_back(l, d, from, n);
-    }
-    if let (Some(l), Some(d)) = (&local.momentum_buffer, &mut momentum_buffer) {
-        copy_back(l, d, from, n);
-    }
-    if let (Some(l), Some(d)) = (&local.copy, &mut copy) {
-        copy_back(l, d, from, n);
-    }
-}
-
-/// A padded local copy of a buffer's tail (either format).
-struct Local<T> {
-    t: [T; 64],
-    u: [u16; 64],
-}
-
-impl<T: Element> Default for Local<T> {
-    fn default() -> Self {
-        Local {
-            t: [T::zero(); 64],
-            u: [0; 64],
-        }
-    }
-}
-
-impl<T: Element> Local<T> {
-    fn dst(&mut self, d: &Dst<'_, T>, from: usize, w: usize) -> Dst<'_, T> {
-        match d {
-            Dst::Native(s) => {
-                let n = s.len() - from;
-                self.t[..n].copy_from_slice(&s[from..]);
-                Dst::Native(&mut self.t[..w])
+    let key = |k: usize| keys.map(|keys| keys[k]);
+    let plain_grads = prep.scale == Scale::None && prep.clip.is_none() && prep.multiplier.is_none();
+    let mut sp = [T::zero(); BLOCK];
+    let mut sg = [T::zero(); BLOCK];
+    let mut sv = [T::zero(); BLOCK];
+    let mut sa = [T::zero(); BLOCK];
+    let mut sm = [T::zero(); BLOCK];
+    let mut start = 0;
+    while start < n {
+        let len = BLOCK.min(n - start);
+        let r = start..start + len;
+        let base = (offset as u32).wrapping_add(start as u32);
+        let g: &[T] = match &grads {
+            Src::Native(s) if plain_grads => &s[r.clone()],
+            g => {
+                let src = match g {
+                    Src::Native(s) => Src::Native(&s[r.clone()]),
+                    Src::Bf16(s) => Src::Bf16(&s[r.clone()]),
+                    Src::F16(s) => Src::F16(&s[r.clone()]),
+                };
+                simd.vectorize(Widen {
+                    src,
+                    out: &mut sg[..len],
+                    prep: (!plain_grads).then_some(prep),
+                });
+                &sg[..len]
             }
-            Dst::Bf16(s) | Dst::F16(s) => {
-                let n = s.len() - from;
-                self.u[..n].copy_from_slice(&s[from..]);
-                match d {
-                    Dst::Bf16(_) => Dst::Bf16(&mut self.u[..w]),
-                    _ => Dst::F16(&mut self.u[..w]),
+        };
+        {
+            let p = stage(simd, &mut params, r.clone(), &mut sp[..len]);
+            let v = stage(simd, &mut square_avg, r.clone(), &mut sv[..len]);
+            let a: &mut [T] = match &mut grad_avg {
+                Some(d) => stage(simd, d, r.clone(), &mut sa[..len]),
+                None => &mut [],
+            };
+            let m: &mut [T] = match &mut momentum_buffer {
+                Some(d) => stage(simd, d, r.clone(), &mut sm[..len]),
+                None => &mut [],
+            };
+            simd.vectorize(Pass {
+                k,
+                bufs: Buffers {
+                    params: &mut *p,
+                    grads: g,
+                    square_avg: v,
+                    grad_avg: a,
+                    momentum_buffer: m,
+                },
+            });
+            if let Some(c) = &mut copy {
+                unstage(simd, c, r.clone(), p, None, base);
+            }
+        }
+        unstage(simd, &mut params, r.clone(), &sp[..len], key(0), base);
+        unstage(simd, &mut square_avg, r.clone(), &sv[..len], key(1), base);
+        if let Some(d) = &mut grad_avg {
+            unstage(simd, d, r.clone(), &sa[..len], key(2), base);
+        }
+        if let Some(d) = &mut momentum_buffer {
+            unstage(simd, d, r.clone(), &sm[..len], key(3), base);
+        }
+        start += len;
+    }
+}
+
+/// The 16-bit formats.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Half {
+    Bf16,
+    F16,
+}
+
+/// Widens `src` into `out` (same length), applying the gradient pre-processing when given.
+struct Widen<'a, T> {
+    src: Src<'a, T>,
+    out: &'a mut [T],
+    prep: Option<Prep<T>>,
+}
+
+impl<T: Element> WithSimd for Widen<'_, T> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) {
+        let Widen { src, out, prep } = self;
+        let w = T::lanes::<S>();
+        let splat = |x: T| T::splat(simd, x);
+        let scale = prep.map_or(Scale::None, |p| match p.scale {
+            Scale::None => Scale::None,
+            Scale::Mul(m) => Scale::Mul(splat(m)),
+            Scale::Div(d) => Scale::Div(splat(d)),
+        });
+        let clip = prep.and_then(|p| p.clip).map(|c| (splat(-c), splat(c)));
+        let multiplier = prep.and_then(|p| p.multiplier).map(splat);
+        let apply = |g: T::Vector<S>| {
+            let g = match scale {
+                Scale::None => g,
+                Scale::Mul(m) => T::vmul(simd, g, m),
+                Scale::Div(d) => T::vdiv(simd, g, d),
+            };
+            let g = match clip {
+                Some((lo, hi)) => T::vclamp(simd, g, lo, hi),
+                None => g,
+            };
+            match multiplier {
+                Some(m) => T::vmul(simd, g, m),
+                None => g,
+            }
+        };
+        let n = out.len();
+        let full = n / w * w;
+        // One loop per format (the match is outside the loops).
+        macro_rules! each {
+            ($s:ident, $load:expr) => {{
+                for i in (0..full).step_by(w) {
+                    let v = apply($load(&$s[i..i + w]));
+                    store_native::<S, T>(v, &mut out[i..i + w]);
                 }
-            }
-        }
-    }
-
-    fn src(&mut self, d: &Src<'_, T>, from: usize, w: usize) -> Src<'_, T> {
-        match d {
-            Src::Native(s) => {
-                let n = s.len() - from;
-                self.t[..n].copy_from_slice(&s[from..]);
-                Src::Native(&self.t[..w])
-            }
-            Src::Bf16(s) | Src::F16(s) => {
-                let n = s.len() - from;
-                self.u[..n].copy_from_slice(&s[from..]);
-                match d {
-                    Src::Bf16(_) => Src::Bf16(&self.u[..w]),
-                    _ => Src::F16(&self.u[..w]),
+                if full < n {
+                    let mut pad = [Default::default(); MAX_LANES * 2];
+                    pad[..n - full].copy_from_slice(&$s[full..]);
+                    let v = apply($load(&pad[..w]));
+                    let mut tmp = [T::zero(); MAX_LANES * 2];
+                    store_native::<S, T>(v, &mut tmp[..w]);
+                    out[full..].copy_from_slice(&tmp[..n - full]);
                 }
-            }
+            }};
+        }
+        match src {
+            Src::Native(s) => each!(s, |c: &[T]| load_native::<S, T>(c)),
+            Src::Bf16(s) => each!(s, |c: &[u16]| widen_bf16::<S, T>(simd, widen_u16::<S>(c))),
+            Src::F16(s) => each!(s, |c: &[u16]| widen_f16::<S, T>(simd, widen_u16::<S>(c))),
         }
     }
 }
 
-fn copy_back<T: Copy>(local: &Dst<'_, T>, d: &mut Dst<'_, T>, from: usize, n: usize) {
-    match (local, d) {
-        (Dst::Native(l), Dst::Native(d)) => d[from..from + n].copy_from_slice(&l[..n]),
-        (Dst::Bf16(l) | Dst::F16(l), Dst::Bf16(d) | Dst::F16(d)) => {
-            d[from..from + n].copy_from_slice(&l[..n])
-        }
-        _ => {}
-    }
-}
-
-/// One chunk of `w = lanes` elements at `i`, `base` the (low 32 bits of the) index of its first
-/// element.
-#[inline(always)]
-fn chunk<S: Simd, T: Element, R: VectorRule<S, T>>(
-    simd: S,
-    rule: &R,
-    c: &Consts<S, T>,
-    b: &mut MixedBuffers<'_, T>,
-    i: usize,
-    w: usize,
+/// Rounds `src` (compute type, `f32` in practice) into 16-bit `dst`, nearest-even or
+/// stochastically with stream `key` (element `i` is index `base + i`).
+struct Narrow<'a, T> {
+    src: &'a [T],
+    dst: &'a mut [u16],
+    format: Half,
+    key: Option<u32>,
     base: u32,
-) {
-    let g = prep(simd, c, load_src(simd, &b.grads, i, w));
-    let p = load_dst(simd, &b.params, i, w);
-    let v = load_dst(simd, &b.square_avg, i, w);
-    let a = match &b.grad_avg {
-        Some(d) if R::GA => load_dst(simd, d, i, w),
-        _ => c.zero,
-    };
-    let m = match &b.momentum_buffer {
-        Some(d) if R::B => load_dst(simd, d, i, w),
-        _ => c.zero,
-    };
-    let (p, v, a, m) = rule.step(simd, p, g, v, a, m);
+}
 
-    let idx = simd.add_u32s(simd.splat_u32s(base), c.iota);
-    let key = |k: usize| c.keys.map(|keys| keys[k]);
-    store_dst(simd, &mut b.params, i, w, p, key(0), idx);
-    store_dst(simd, &mut b.square_avg, i, w, v, key(1), idx);
-    if R::GA {
-        if let Some(d) = &mut b.grad_avg {
-            store_dst(simd, d, i, w, a, key(2), idx);
+impl<T: Element> WithSimd for Narrow<'_, T> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) {
+        let Narrow {
+            src,
+            dst,
+            format,
+            key,
+            base,
+        } = self;
+        let w = T::lanes::<S>();
+        let u32_lanes = core::mem::size_of::<S::u32s>() / 4;
+        let iota: S::u32s = bytemuck::pod_read_unaligned(bytemuck::cast_slice(&IOTA[..u32_lanes]));
+        let step = simd.splat_u32s(w as u32);
+        let mut idx = simd.add_u32s(simd.splat_u32s(base), iota);
+        let key = key.map(|k| simd.splat_u32s(k));
+        let n = src.len();
+        let full = n / w * w;
+        macro_rules! each {
+            (|$x:ident, $idx:ident| $e:expr) => {{
+                for i in (0..full).step_by(w) {
+                    let $x = T::to_f32s::<S>(load_native::<S, T>(&src[i..i + w]));
+                    let $idx = idx;
+                    narrow_u16::<S>($e, &mut dst[i..i + w]);
+                    idx = simd.add_u32s(idx, step);
+                }
+                if full < n {
+                    let mut pad = [T::zero(); MAX_LANES * 2];
+                    pad[..n - full].copy_from_slice(&src[full..]);
+                    let $x = T::to_f32s::<S>(load_native::<S, T>(&pad[..w]));
+                    let $idx = idx;
+                    let mut tmp = [0u16; MAX_LANES * 2];
+                    narrow_u16::<S>($e, &mut tmp[..w]);
+                    dst[full..].copy_from_slice(&tmp[..n - full]);
+                }
+            }};
         }
-    }
-    if R::B {
-        if let Some(d) = &mut b.momentum_buffer {
-            store_dst(simd, d, i, w, m, key(3), idx);
+        let random = |idx: S::u32s, key: S::u32s| lowbias32(simd, simd.xor_u32s(idx, key));
+        match (format, key) {
+            (Half::Bf16, None) => each!(|x, _i| bf16_rne(simd, x)),
+            (Half::Bf16, Some(key)) => each!(|x, i| bf16_sr(simd, x, random(i, key))),
+            (Half::F16, None) => each!(|x, _i| f16_rne(simd, x)),
+            (Half::F16, Some(key)) => each!(|x, i| f16_sr(simd, x, random(i, key))),
         }
-    }
-    if let Some(d) = &mut b.copy {
-        store_dst(simd, d, i, w, p, None, idx);
     }
 }
 
 #[inline(always)]
-fn prep<S: Simd, T: Element>(simd: S, c: &Consts<S, T>, g: T::Vector<S>) -> T::Vector<S> {
-    let g = match c.scale {
-        Scale::None => g,
-        Scale::Mul(m) => T::vmul(simd, g, m),
-        Scale::Div(d) => T::vdiv(simd, g, d),
-    };
-    let g = match c.clip {
-        Some((lo, hi)) => T::vclamp(simd, g, lo, hi),
-        None => g,
-    };
-    match c.multiplier {
-        Some(m) => T::vmul(simd, g, m),
-        None => g,
-    }
+fn store_native<S: Simd, T: Element>(v: T::Vector<S>, out: &mut [T]) {
+    bytemuck::cast_slice_mut::<T, u8>(out).copy_from_slice(bytemuck::bytes_of(&v));
 }
 
-/// `s` (one vector's worth of 16-bit values) zero-extended to `u32` lanes, in order.
+/// `s` (one vector's worth of 16-bit values) zero-extended to `u32` lanes, in order: a loop of
+/// constant length (the lane count) that LLVM compiles to one `vpmovzxwd`.
 #[inline(always)]
 fn widen_u16<S: Simd>(s: &[u16]) -> S::u32s {
+    let n = core::mem::size_of::<S::u32s>() / 4;
+    let s = &s[..n];
     let mut lanes = [0u32; MAX_LANES];
-    for (l, &x) in lanes.iter_mut().zip(s) {
-        *l = x as u32;
+    for k in 0..n {
+        lanes[k] = s[k] as u32;
     }
-    bytemuck::pod_read_unaligned(bytemuck::cast_slice(&lanes[..s.len()]))
+    bytemuck::pod_read_unaligned(bytemuck::cast_slice(&lanes[..n]))
 }
 
 /// The low 16 bits of each `u32` lane of `v`, in order, into `s` (one vector's worth).
 #[inline(always)]
 fn narrow_u16<S: Simd>(v: S::u32s, s: &mut [u16]) {
+    let n = core::mem::size_of::<S::u32s>() / 4;
+    let s = &mut s[..n];
     let mut lanes = [0u32; MAX_LANES];
-    let n = s.len();
     bytemuck::cast_slice_mut::<u32, u8>(&mut lanes[..n]).copy_from_slice(bytemuck::bytes_of(&v));
-    for (x, &l) in s.iter_mut().zip(&lanes) {
-        *x = l as u16;
+    for k in 0..n {
+        s[k] = lanes[k] as u16;
     }
 }
 
 #[inline(always)]
 fn load_native<S: Simd, T: Element>(s: &[T]) -> T::Vector<S> {
     bytemuck::pod_read_unaligned(bytemuck::cast_slice(s))
-}
-
-#[inline(always)]
-fn load_src<S: Simd, T: Element>(simd: S, s: &Src<'_, T>, i: usize, w: usize) -> T::Vector<S> {
-    match s {
-        Src::Native(s) => load_native::<S, T>(&s[i..i + w]),
-        Src::Bf16(s) => widen_bf16::<S, T>(simd, widen_u16::<S>(&s[i..i + w])),
-        Src::F16(s) => widen_f16::<S, T>(simd, widen_u16::<S>(&s[i..i + w])),
-    }
-}
-
-#[inline(always)]
-fn load_dst<S: Simd, T: Element>(simd: S, s: &Dst<'_, T>, i: usize, w: usize) -> T::Vector<S> {
-    match s {
-        Dst::Native(s) => load_native::<S, T>(&s[i..i + w]),
-        Dst::Bf16(s) => widen_bf16::<S, T>(simd, widen_u16::<S>(&s[i..i + w])),
-        Dst::F16(s) => widen_f16::<S, T>(simd, widen_u16::<S>(&s[i..i + w])),
-    }
-}
-
-#[inline(always)]
-fn store_dst<S: Simd, T: Element>(
-    simd: S,
-    d: &mut Dst<'_, T>,
-    i: usize,
-    w: usize,
-    v: T::Vector<S>,
-    key: Option<S::u32s>,
-    idx: S::u32s,
-) {
-    let x = T::to_f32s::<S>(v);
-    let random = |key: S::u32s| lowbias32(simd, simd.xor_u32s(idx, key));
-    match d {
-        Dst::Native(s) => bytemuck::cast_slice_mut::<T, u8>(&mut s[i..i + w])
-            .copy_from_slice(bytemuck::bytes_of(&v)),
-        Dst::Bf16(s) => {
-            let bits = match key {
-                None => bf16_rne(simd, x),
-                Some(key) => bf16_sr(simd, x, random(key)),
-            };
-            narrow_u16::<S>(bits, &mut s[i..i + w]);
-        }
-        Dst::F16(s) => {
-            let bits = match key {
-                None => f16_rne(simd, x),
-                Some(key) => f16_sr(simd, x, random(key)),
-            };
-            narrow_u16::<S>(bits, &mut s[i..i + w]);
-        }
-    }
 }
 
 // ---- integer helpers (pulp has only variable shifts; a splatted count is one instruction) ----
@@ -646,11 +673,7 @@ fn f16_rne<S: Simd>(simd: S, x: S::f32s) -> S::u32s {
         ),
         13,
     );
-    let o = simd.select_u32s(
-        simd.less_than_u32s(a, k(simd, 0x3880_0000)),
-        sub,
-        normal,
-    );
+    let o = simd.select_u32s(simd.less_than_u32s(a, k(simd, 0x3880_0000)), sub, normal);
     let o = simd.select_u32s(
         simd.greater_than_or_equal_u32s(a, k(simd, 0x4780_0000)),
         big,
@@ -673,11 +696,18 @@ fn f16_sr<S: Simd>(simd: S, x: S::f32s, r: S::u32s) -> S::u32s {
     // elsewhere the lanes compute something harmless that the selects drop).
     let e = shr(simd, a, 23);
     let e_zero = simd.equal_u32s(e, k(simd, 0));
-    let m = simd.select_u32s(e_zero, a, simd.or_u32s(and(simd, a, 0x7F_FFFF), k(simd, 0x80_0000)));
+    let m = simd.select_u32s(
+        e_zero,
+        a,
+        simd.or_u32s(and(simd, a, 0x7F_FFFF), k(simd, 0x80_0000)),
+    );
     let s = simd.select_u32s(e_zero, k(simd, 125), simd.sub_u32s(k(simd, 126), e));
     let s1 = simd.min_u32s(s, k(simd, 31));
     let q1 = simd.wrapping_dyn_shr_u32s(
-        simd.add_u32s(m, simd.wrapping_dyn_shr_u32s(r, simd.sub_u32s(k(simd, 32), s1))),
+        simd.add_u32s(
+            m,
+            simd.wrapping_dyn_shr_u32s(r, simd.sub_u32s(k(simd, 32), s1)),
+        ),
         s1,
     );
     let pre = simd.min_u32s(simd.sub_u32s(s, k(simd, 31)), k(simd, 31));

@@ -14,7 +14,7 @@
 //! caller's floating-point environment (FTZ/DAZ, rounding: see `fpenv.rs`), so the result is
 //! bit-identical to [`Threading::Serial`] for any thread count, threshold and environment.
 
-use crate::kernel::{Driver, Pass};
+use crate::kernel::Piece;
 use crate::{Coefficients, Element, Kernel};
 
 /// Where a step's work runs.
@@ -68,18 +68,18 @@ pub fn run_in_pool<R: Send>(pool: &rayon::ThreadPool, f: impl FnOnce() -> R + Se
 const TASKS_PER_THREAD: usize = 16;
 
 /// Runs one buffer (group 0 of `coeffs`) with `kernel`'s backend and threading.
-pub(crate) fn run_one<T: Element, D: Driver<T>>(kernel: &Kernel, k: Coefficients<T>, bufs: D) {
+pub(crate) fn run_one<T: Element, D: Piece<T>>(kernel: &Kernel, k: Coefficients<T>, bufs: D) {
     #[cfg(feature = "rayon")]
     if splits(kernel, bufs.len()) {
         let total = bufs.len();
         return run_tasks(kernel, &[k], vec![(0, bufs)], total);
     }
-    kernel.backend().vectorize(Pass { k, bufs });
+    bufs.run(kernel.backend(), k);
 }
 
 /// Runs every `(group, buffers)` piece with the coefficients of its group.
 #[cfg(feature = "std")]
-pub(crate) fn run_many<T: Element, D: Driver<T>>(
+pub(crate) fn run_many<T: Element, D: Piece<T>>(
     kernel: &Kernel,
     coeffs: &[Coefficients<T>],
     pieces: Vec<(usize, D)>,
@@ -92,10 +92,7 @@ pub(crate) fn run_many<T: Element, D: Driver<T>>(
         }
     }
     for (group, bufs) in pieces {
-        kernel.backend().vectorize(Pass {
-            k: coeffs[group],
-            bufs,
-        });
+        bufs.run(kernel.backend(), coeffs[group]);
     }
 }
 
@@ -118,7 +115,7 @@ fn task_len(total: usize, threads: usize, min_len: usize) -> usize {
 /// Cuts the pieces (`total` elements in all) into tasks of about [`task_len`] elements and runs
 /// them on the current pool.
 #[cfg(feature = "rayon")]
-fn run_tasks<T: Element, D: Driver<T>>(
+fn run_tasks<T: Element, D: Piece<T>>(
     kernel: &Kernel,
     coeffs: &[Coefficients<T>],
     pieces: Vec<(usize, D)>,
@@ -160,10 +157,7 @@ fn run_tasks<T: Element, D: Driver<T>>(
     tasks.into_par_iter().for_each(|task| {
         env.run(|| {
             for (group, bufs) in task {
-                backend.vectorize(Pass {
-                    k: coeffs[group],
-                    bufs,
-                });
+                bufs.run(backend, coeffs[group]);
             }
         })
     });

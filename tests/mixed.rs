@@ -13,9 +13,9 @@ use rmsprop_simd::{
     Rounding, State, StepOptions, Storage,
 };
 use rmsprop_simd_support::backends::{backend_or_skip, kernels_for, variants};
-use rmsprop_simd_support::rng::{seeded, TestRng};
 #[allow(unused_imports)]
 use rmsprop_simd_support::rng::Rng as _;
+use rmsprop_simd_support::rng::{seeded, TestRng};
 
 /// What the tests need of a storage type beyond [`Storage`].
 trait TestStorage: Storage {
@@ -144,7 +144,9 @@ impl Inputs {
     }
 
     fn vec<T: TestStorage>(&mut self, n: usize, non_negative: bool) -> Vec<T> {
-        (0..n).map(|i| self.value(non_negative && i % 7 != 0)).collect()
+        (0..n)
+            .map(|i| self.value(non_negative && i % 7 != 0))
+            .collect()
     }
 }
 
@@ -223,7 +225,12 @@ where
         cmp("params", &self.params, &want.params, what);
         cmp("square_avg", &self.square_avg, &want.square_avg, what);
         cmp("grad_avg", &self.grad_avg, &want.grad_avg, what);
-        cmp("momentum_buffer", &self.momentum_buffer, &want.momentum_buffer, what);
+        cmp(
+            "momentum_buffer",
+            &self.momentum_buffer,
+            &want.momentum_buffer,
+            what,
+        );
         cmp("copy_bf16", &self.copy_bf16, &want.copy_bf16, what);
         cmp("copy_f16", &self.copy_f16, &want.copy_f16, what);
     }
@@ -340,15 +347,15 @@ where
     for kernel in kernels_for(backend) {
         for hp in variants() {
             for opts in option_sets() {
-                for (copy, offset) in [(None, 0), (Some(Format::Bf16), 1), (Some(Format::F16), 5)]
-                {
+                for (copy, offset) in [(None, 0), (Some(Format::Bf16), 1), (Some(Format::F16), 5)] {
                     // f64 parameters have no 16-bit copy (a typed error, tested below)
                     let copy = copy.filter(|_| P::FORMAT != Format::F64);
                     let (mut got, mut want) = (start.clone(), start.clone());
                     for lr in [0.01, 1.0] {
                         let hp = Hyperparameters { lr, ..hp };
                         want.step(None, &hp, &opts, copy, offset..n).unwrap();
-                        got.step(Some(&kernel), &hp, &opts, copy, offset..n).unwrap();
+                        got.step(Some(&kernel), &hp, &opts, copy, offset..n)
+                            .unwrap();
                         got.assert_same(&want, &|| {
                             format!(
                                 "{} grid P={:?} G={:?} S={:?} copy={copy:?} {hp:?} {opts:?}",
@@ -433,7 +440,11 @@ impl TestStorage for f64 {
 /// Under miri: one short mixed case per backend (the SIMD paths' bounds and casts).
 #[test]
 fn mixed_small_under_any_interpreter() {
-    for kind in [BackendKind::Scalar, BackendKind::Avx2Fma, BackendKind::Avx512] {
+    for kind in [
+        BackendKind::Scalar,
+        BackendKind::Avx2Fma,
+        BackendKind::Avx512,
+    ] {
         if rmsprop_simd::Backend::from_kind(kind).is_none() {
             continue;
         }
@@ -490,7 +501,12 @@ fn nearest_even_conversions_equal_half() {
         lr: 0.0,
         ..Default::default()
     };
-    for kind in [BackendKind::Scalar, BackendKind::Avx2Fma, BackendKind::Avx512, BackendKind::Neon] {
+    for kind in [
+        BackendKind::Scalar,
+        BackendKind::Avx2Fma,
+        BackendKind::Avx512,
+        BackendKind::Neon,
+    ] {
         let Some(backend) = backend_or_skip(kind, "nearest_even_conversions_equal_half") else {
             continue;
         };
@@ -505,11 +521,21 @@ fn nearest_even_conversions_equal_half() {
                 _ => ParamsCopy::from(&mut cf[..]),
             };
             kernel
-                .step_with(&hp, &StepOptions::default(), &mut p, &grads, State::new(&mut v), Some(copy))
+                .step_with(
+                    &hp,
+                    &StepOptions::default(),
+                    &mut p,
+                    &grads,
+                    State::new(&mut v),
+                    Some(copy),
+                )
                 .unwrap();
             for i in 0..n {
                 let x = params0[i];
-                assert!(p[i].to_bits() == x.to_bits() || x.is_nan(), "lr = 0 changed {x:?}");
+                assert!(
+                    p[i].to_bits() == x.to_bits() || x.is_nan(),
+                    "lr = 0 changed {x:?}"
+                );
                 let (got, want, nan) = match format {
                     Format::Bf16 => (
                         cb[i].to_bits(),
@@ -528,7 +554,11 @@ fn nearest_even_conversions_equal_half() {
                         Format::Bf16 => bf16::from_bits(got).is_nan(),
                         _ => f16::from_bits(got).is_nan(),
                     };
-                    assert!(got_nan, "{kind:?} {format:?}: NaN {:#x} became {got:#x}", x.to_bits());
+                    assert!(
+                        got_nan,
+                        "{kind:?} {format:?}: NaN {:#x} became {got:#x}",
+                        x.to_bits()
+                    );
                 } else {
                     assert_eq!(
                         got,
@@ -563,7 +593,10 @@ fn stochastic_rounding_picks_a_neighbour() {
             } else if x.abs() > bf16::MAX.to_f32() {
                 assert_eq!(s, bf16::from_f32(x));
             } else {
-                assert!(s.to_bits() == t.to_bits() || s.to_bits() == a.to_bits(), "{x:?}");
+                assert!(
+                    s.to_bits() == t.to_bits() || s.to_bits() == a.to_bits(),
+                    "{x:?}"
+                );
                 if bits & 0xFFFF == 0 {
                     assert_eq!(s.to_bits(), t.to_bits());
                 }
@@ -577,7 +610,10 @@ fn stochastic_rounding_picks_a_neighbour() {
             } else {
                 let lo = f16_towards_zero(x);
                 let hi = f16::from_bits(lo.to_bits() + 1);
-                assert!(s == lo || s == hi || (x == 0.0 && s.to_f32() == 0.0), "{x:?}: {s:?}");
+                assert!(
+                    s == lo || s == hi || (x == 0.0 && s.to_f32() == 0.0),
+                    "{x:?}: {s:?}"
+                );
                 if lo.to_f32() == x {
                     assert_eq!(s.to_bits(), lo.to_bits(), "{x:?} is exact");
                 }
@@ -636,7 +672,7 @@ fn stochastic_rounding_is_unbiased() {
                 continue;
             }
             let lo = round(0); // no random bits: towards zero
-            // the next value away from zero
+                               // the next value away from zero
             let hi = match format {
                 Format::Bf16 => bf16::from_bits(bf16_stochastic(x, 0).to_bits() + 1).to_f64(),
                 _ => f16::from_bits(f16_stochastic(x, 0).to_bits() + 1).to_f64(),
@@ -652,7 +688,12 @@ fn stochastic_rounding_is_unbiased() {
                 continue;
             }
             let p = ((x64 - lo) / (hi - lo)).clamp(0.0, 1.0);
-            let resolution = ulp / if format == Format::F16 { 8192.0 } else { 65536.0 };
+            let resolution = ulp
+                / if format == Format::F16 {
+                    8192.0
+                } else {
+                    65536.0
+                };
             let bound = 5.0 * ulp * (p * (1.0 - p) / n as f64).sqrt() + resolution;
             assert!(
                 (mean - x64).abs() <= bound,
@@ -666,7 +707,10 @@ fn stochastic_rounding_is_unbiased() {
                     Format::Bf16 => bf16::from_f32(x).to_f64(),
                     _ => f16::from_f32(x).to_f64(),
                 };
-                assert!((rne - x64).abs() > bound, "{format:?} {x:e}: the bound is too loose");
+                assert!(
+                    (rne - x64).abs() > bound,
+                    "{format:?} {x:e}: the bound is too loose"
+                );
             }
         }
     }
@@ -723,7 +767,13 @@ fn bad_options_are_refused_before_writing() {
             Some(ParamsCopy::from(&mut c[..])),
         )
         .unwrap_err();
-    assert!(matches!(err, Error::LengthMismatch { buffer: rmsprop_simd::Buffer::ParamsCopy, .. }));
+    assert!(matches!(
+        err,
+        Error::LengthMismatch {
+            buffer: rmsprop_simd::Buffer::ParamsCopy,
+            ..
+        }
+    ));
     assert_eq!(p, vec![1.0f32; 8]);
     let mut p = vec![1.0f64; 8];
     let mut v = vec![0.0f64; 8];
@@ -764,7 +814,10 @@ fn stochastic_rounding_does_not_depend_on_threads() {
         Kernel::new().with_threading(rmsprop_simd::Threading::Serial),
         Kernel::new().with_parallel_min_len(128),
     ] {
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
         let mut m = start.clone();
         pool.install(|| m.step(Some(&kernel), &hp, &opts, Some(Format::F16), 0..n))
             .unwrap();
@@ -781,7 +834,10 @@ fn stochastic_rounding_does_not_depend_on_threads() {
     let differ = (0..n)
         .filter(|&i| other.params[i].to_bits() != results[0].params[i].to_bits())
         .count();
-    assert!(differ > n / 100, "only {differ} of {n} parameters depend on the seed");
+    assert!(
+        differ > n / 100,
+        "only {differ} of {n} parameters depend on the seed"
+    );
 }
 
 proptest! {

@@ -2,8 +2,8 @@
 //! of any kernel against the scalar reference on sub-slices of padded buffers.
 
 use rmsprop_simd::{
-    reference, Backend, BackendKind, Element, Hyperparameters, Kernel, OptaxOptions,
-    Semantics, State, Threading,
+    reference, Backend, BackendKind, Element, Hyperparameters, Kernel, OptaxOptions, Semantics,
+    State, Threading,
 };
 
 /// Set (to anything but `0`) in CI: a backend that this CPU supports but the crate did not
@@ -210,4 +210,3 @@ pub fn variants() -> Vec<Hyperparameters> {
     }
     out
 }
-

@@ -253,7 +253,10 @@ impl GoldenSet {
                         .as_array()
                         .ok_or_else(|| format!("{ctx}: `{key}` is not an array"))?
                         .iter()
-                        .map(|x| x.as_f64().ok_or_else(|| format!("{ctx}: `{key}` holds a non-number")))
+                        .map(|x| {
+                            x.as_f64()
+                                .ok_or_else(|| format!("{ctx}: `{key}` holds a non-number"))
+                        })
                         .collect::<Result<Vec<f64>, String>>()
                         .map(Some),
                 }
@@ -517,7 +520,11 @@ pub fn run_mixed_case(case: &Case, kernel: &Kernel) -> Result<Vec<ArrayReport>, 
         };
         let scale = case.grad_scale.as_ref().map_or(1.0, |g| g[s]);
         let row = s * n..(s + 1) * n;
-        let g16 = &grads16[if case.grads_dtype.is_some() { row.clone() } else { 0..0 }];
+        let g16 = &grads16[if case.grads_dtype.is_some() {
+            row.clone()
+        } else {
+            0..0
+        }];
         let gb: &[bf16] = bytemuck::cast_slice(g16);
         let gh: &[f16] = bytemuck::cast_slice(g16);
         let slice: GradSlice<'_> = match (case.grads_dtype, &grads_f32) {
@@ -599,8 +606,7 @@ pub fn run_mixed_case(case: &Case, kernel: &Kernel) -> Result<Vec<ArrayReport>, 
 /// Runs a case with the element type its dtype names (mixed-precision cases through
 /// [`run_mixed_case`]).
 pub fn run_case_any(case: &Case, kernel: &Kernel) -> Result<Vec<ArrayReport>, String> {
-    if case.grads_dtype.is_some() || case.grad_scale.is_some() || case.params_copy_dtype.is_some()
-    {
+    if case.grads_dtype.is_some() || case.grad_scale.is_some() || case.params_copy_dtype.is_some() {
         return run_mixed_case(case, kernel);
     }
     match case.dtype {
