@@ -31,6 +31,7 @@ impl<'a, T: Storage> From<&'a [T]> for GradSlice<'a> {
     }
 }
 
+#[cfg(feature = "std")]
 impl<'a, T: Storage> From<&'a Vec<T>> for GradSlice<'a> {
     fn from(s: &'a Vec<T>) -> Self {
         GradSlice::from(&s[..])
@@ -194,16 +195,14 @@ impl Kernel {
                 reason: "must be finite and > 0",
             });
         }
-        let total: usize = grads.iter().map(GradSlice::len).sum();
         #[cfg(feature = "rayon")]
-        if crate::threading::splits(self, total) {
+        if crate::threading::splits(self, grads.iter().map(GradSlice::len).sum()) {
             use rayon::prelude::*;
             let all: Vec<_> = blocks(grads).collect();
             return Ok(all
                 .into_par_iter()
                 .all(|(_, b)| block_finite(b, grad_scale)));
         }
-        let _ = total;
         Ok(blocks(grads).all(|(_, b)| block_finite(b, grad_scale)))
     }
 
@@ -225,40 +224,40 @@ impl Kernel {
     /// # Errors
     /// None today; a `Result` so that norms this crate may refuse later do not change the API.
     pub fn grad_norm(&self, grads: &[GradSlice<'_>], norm: NormType) -> Result<f64, Error> {
-        let total: usize = grads.iter().map(GradSlice::len).sum();
-        let partials: Vec<f64> = {
-            #[cfg(feature = "rayon")]
-            {
-                if crate::threading::splits(self, total) {
-                    use rayon::prelude::*;
-                    let all: Vec<_> = blocks(grads).collect();
-                    all.into_par_iter()
-                        .map(|(_, b)| block_partial(b, norm))
-                        .collect()
-                } else {
-                    blocks(grads).map(|(_, b)| block_partial(b, norm)).collect()
-                }
-            }
-            #[cfg(not(feature = "rayon"))]
-            {
-                let _ = total;
-                blocks(grads).map(|(_, b)| block_partial(b, norm)).collect()
-            }
-        };
-        Ok(match norm {
-            NormType::Inf => partials.iter().fold(0.0, |a, &p| {
+        let combine = |a: f64, p: f64| match norm {
+            NormType::Inf => {
                 if a.is_nan() || p.is_nan() {
                     f64::NAN
                 } else {
                     a.max(p)
                 }
-            }),
-            NormType::L1 => partials.iter().sum(),
-            NormType::L2 => sqrt(partials.iter().sum()),
+            }
+            NormType::L1 | NormType::L2 => a + p,
+        };
+        // Blocks' partials are combined in block order whichever thread computed them.
+        #[cfg(feature = "rayon")]
+        let total = {
+            let elements: usize = grads.iter().map(GradSlice::len).sum();
+            if crate::threading::splits(self, elements) {
+                use rayon::prelude::*;
+                let all: Vec<_> = blocks(grads).collect();
+                let partials: Vec<f64> = all
+                    .into_par_iter()
+                    .map(|(_, b)| block_partial(b, norm))
+                    .collect();
+                partials.into_iter().fold(0.0, combine)
+            } else {
+                blocks(grads).fold(0.0, |a, (_, b)| combine(a, block_partial(b, norm)))
+            }
+        };
+        #[cfg(not(feature = "rayon"))]
+        let total = blocks(grads).fold(0.0, |a, (_, b)| combine(a, block_partial(b, norm)));
+        Ok(match norm {
+            NormType::L2 => sqrt(total),
+            NormType::L1 | NormType::Inf => total,
         })
     }
 }
-
 fn sqrt(x: f64) -> f64 {
     #[cfg(feature = "std")]
     return x.sqrt();

@@ -1,4 +1,4 @@
-//! Storage formats: what a buffer holds in memory (`f32`, `f64`, [`bf16`], [`f16`]), split from
+//! Storage formats: what a buffer holds in memory (`f32`, `f64`, [`bf16`], [`f16`](struct@f16)), split from
 //! the type the step computes in ([`Storage::Compute`]).
 //!
 //! A 16-bit value is widened exactly to `f32`, the `f32` step runs (any [`crate::Semantics`]), and
@@ -64,7 +64,7 @@ impl Format {
     }
 }
 
-/// A type a buffer may be stored in: `f32`, `f64`, [`bf16`], [`f16`] (sealed).
+/// A type a buffer may be stored in: `f32`, `f64`, [`bf16`], [`f16`](struct@f16) (sealed).
 ///
 /// Parameters, gradients and state of one step share a [`Storage::Compute`] type: `f64` buffers
 /// go only with `f64`; `f32`, `bf16` and `f16` mix freely and compute in `f32`.

@@ -236,13 +236,8 @@ fn empty_buffers_are_a_valid_no_op() {
             let kernel = Kernel::new()
                 .with_backend(backend)
                 .with_threading(threading);
-            let (mut p, g, mut v, mut ga, mut b): (
-                Vec<f64>,
-                Vec<f64>,
-                Vec<f64>,
-                Vec<f64>,
-                Vec<f64>,
-            ) = Default::default();
+            let empty = Vec::<f64>::new;
+            let (mut p, g, mut v, mut ga, mut b) = (empty(), empty(), empty(), empty(), empty());
             let state = State::new(&mut v[..])
                 .with_grad_avg(&mut ga)
                 .with_momentum_buffer(&mut b);

@@ -652,7 +652,7 @@ fn stochastic_rounding_is_unbiased() {
         3e-6,      // f16 subnormal
         -1.1e-7,   // f16 subnormal
         1.5e-8,    // below half the smallest f16 subnormal
-        65000.123, // near the f16 maximum
+        65000.125, // near the f16 maximum
         3.0e38,    // near the bf16 maximum
         1e-39,     // an f32 subnormal
     ];
@@ -756,7 +756,7 @@ fn bad_options_are_refused_before_writing() {
     // A copy of the wrong length; a copy of f64 parameters.
     let mut p = vec![1.0f32; 8];
     let mut v = vec![0.0f32; 8];
-    let mut c = vec![bf16::ZERO; 7];
+    let mut c = [bf16::ZERO; 7];
     let err = Kernel::new()
         .step_with(
             &hp,
