@@ -412,34 +412,28 @@ impl<T: Element> WithSimd for Widen<'_, T> {
         });
         let clip = prep.and_then(|p| p.clip).map(|c| (splat(-c), splat(c)));
         let multiplier = prep.and_then(|p| p.multiplier).map(splat);
-        let apply = |g: T::Vector<S>| {
-            let g = match scale {
-                Scale::None => g,
-                Scale::Mul(m) => T::vmul(simd, g, m),
-                Scale::Div(d) => T::vdiv(simd, g, d),
-            };
-            let g = match clip {
-                Some((lo, hi)) => T::vclamp(simd, g, lo, hi),
-                None => g,
-            };
-            match multiplier {
-                Some(m) => T::vmul(simd, g, m),
-                None => g,
-            }
+        // Plain functions, not closures: a closure is not inlined into pulp's target-feature
+        // context (its intrinsics would become calls).
+        let apply = Apply::<S, T> {
+            scale,
+            clip,
+            multiplier,
         };
         let n = out.len();
         let full = n / w * w;
         // One loop per format (the match is outside the loops).
         macro_rules! each {
-            ($s:ident, $load:expr) => {{
+            ($s:ident, |$c:ident| $load:expr) => {{
                 for i in (0..full).step_by(w) {
-                    let v = apply($load(&$s[i..i + w]));
+                    let $c = &$s[i..i + w];
+                    let v = apply.run(simd, $load);
                     store_native::<S, T>(v, &mut out[i..i + w]);
                 }
                 if full < n {
                     let mut pad = [Default::default(); MAX_LANES * 2];
                     pad[..n - full].copy_from_slice(&$s[full..]);
-                    let v = apply($load(&pad[..w]));
+                    let $c = &pad[..w];
+                    let v = apply.run(simd, $load);
                     let mut tmp = [T::zero(); MAX_LANES * 2];
                     store_native::<S, T>(v, &mut tmp[..w]);
                     out[full..].copy_from_slice(&tmp[..n - full]);
@@ -447,9 +441,35 @@ impl<T: Element> WithSimd for Widen<'_, T> {
             }};
         }
         match src {
-            Src::Native(s) => each!(s, |c: &[T]| load_native::<S, T>(c)),
-            Src::Bf16(s) => each!(s, |c: &[u16]| widen_bf16::<S, T>(simd, widen_u16::<S>(c))),
-            Src::F16(s) => each!(s, |c: &[u16]| widen_f16::<S, T>(simd, widen_u16::<S>(c))),
+            Src::Native(s) => each!(s, |c| load_native::<S, T>(c)),
+            Src::Bf16(s) => each!(s, |c| widen_bf16::<S, T>(simd, widen_u16::<S>(c))),
+            Src::F16(s) => each!(s, |c| widen_f16::<S, T>(simd, widen_u16::<S>(c))),
+        }
+    }
+}
+
+/// The gradient pre-processing, splatted.
+struct Apply<S: Simd, T: Element> {
+    scale: Scale<T::Vector<S>>,
+    clip: Option<(T::Vector<S>, T::Vector<S>)>,
+    multiplier: Option<T::Vector<S>>,
+}
+
+impl<S: Simd, T: Element> Apply<S, T> {
+    #[inline(always)]
+    fn run(&self, simd: S, g: T::Vector<S>) -> T::Vector<S> {
+        let g = match self.scale {
+            Scale::None => g,
+            Scale::Mul(m) => T::vmul(simd, g, m),
+            Scale::Div(d) => T::vdiv(simd, g, d),
+        };
+        let g = match self.clip {
+            Some((lo, hi)) => T::vclamp(simd, g, lo, hi),
+            None => g,
+        };
+        match self.multiplier {
+            Some(m) => T::vmul(simd, g, m),
+            None => g,
         }
     }
 }
@@ -503,12 +523,15 @@ impl<T: Element> WithSimd for Narrow<'_, T> {
                 }
             }};
         }
-        let random = |idx: S::u32s, key: S::u32s| lowbias32(simd, simd.xor_u32s(idx, key));
         match (format, key) {
             (Half::Bf16, None) => each!(|x, _i| bf16_rne(simd, x)),
-            (Half::Bf16, Some(key)) => each!(|x, i| bf16_sr(simd, x, random(i, key))),
+            (Half::Bf16, Some(key)) => {
+                each!(|x, i| bf16_sr(simd, x, lowbias32(simd, simd.xor_u32s(i, key))))
+            }
             (Half::F16, None) => each!(|x, _i| f16_rne(simd, x)),
-            (Half::F16, Some(key)) => each!(|x, i| f16_sr(simd, x, random(i, key))),
+            (Half::F16, Some(key)) => {
+                each!(|x, i| f16_sr(simd, x, lowbias32(simd, simd.xor_u32s(i, key))))
+            }
         }
     }
 }
