@@ -175,9 +175,9 @@ impl Kernel {
     /// let g1 = vec![f16::from_f32(1.0); 100];
     /// let mut g2 = vec![f16::from_f32(2.0); 100];
     /// let k = Kernel::new();
-    /// assert!(k.grads_are_finite(&[(&g1).into(), (&g2).into()], 65536.0)?);
+    /// assert!(k.grads_are_finite(&[g1[..].into(), g2[..].into()], 65536.0)?);
     /// g2[7] = f16::INFINITY; // an overflow in the scaled backward pass
-    /// assert!(!k.grads_are_finite(&[(&g1).into(), (&g2).into()], 65536.0)?);
+    /// assert!(!k.grads_are_finite(&[g1[..].into(), g2[..].into()], 65536.0)?);
     /// # Ok::<(), rmsprop_simd::Error>(())
     /// ```
     ///
@@ -215,7 +215,7 @@ impl Kernel {
     /// ```
     /// use rmsprop_simd::{clip_coefficient, Kernel, NormType};
     /// let (a, b) = (vec![3.0f32; 1], vec![4.0f32; 1]);
-    /// let norm = Kernel::new().grad_norm(&[(&a).into(), (&b).into()], NormType::L2)?;
+    /// let norm = Kernel::new().grad_norm(&[a[..].into(), b[..].into()], NormType::L2)?;
     /// assert_eq!(norm, 5.0);
     /// assert_eq!(clip_coefficient(norm, 1.0), (1.0f32 / (5.0 + 1e-6)) as f64);
     /// # Ok::<(), rmsprop_simd::Error>(())
