@@ -75,6 +75,21 @@ pub enum NormType {
     Inf,
 }
 
+/// How two partials of `norm` combine: a sum, or for `Inf` a maximum that propagates NaN as
+/// torch's does (`f64::max` would drop it).
+fn combine(norm: NormType, a: f64, b: f64) -> f64 {
+    match norm {
+        NormType::Inf => {
+            if a.is_nan() || b.is_nan() {
+                f64::NAN
+            } else {
+                a.max(b)
+            }
+        }
+        NormType::L1 | NormType::L2 => a + b,
+    }
+}
+
 /// Elements per block of the norm: the fixed unit of work (and of summation order), whatever
 /// the threads.
 const BLOCK: usize = 1 << 15;
@@ -91,17 +106,7 @@ fn block_partial(g: GradSlice<'_>, norm: NormType) -> f64 {
             NormType::L2 => x * x,
             NormType::Inf => x.abs(),
         };
-        let combine = |a: f64, t: f64| match norm {
-            // NaN propagates through max as torch's does (f64::max would drop it).
-            NormType::Inf => {
-                if a.is_nan() || t.is_nan() {
-                    f64::NAN
-                } else {
-                    a.max(t)
-                }
-            }
-            _ => a + t,
-        };
+        let combine = |a: f64, t: f64| combine(norm, a, t);
         for c in chunks {
             for (a, &x) in acc.iter_mut().zip(c) {
                 *a = combine(*a, term(widen(x)));
@@ -224,16 +229,7 @@ impl Kernel {
     /// # Errors
     /// None today; a `Result` so that norms this crate may refuse later do not change the API.
     pub fn grad_norm(&self, grads: &[GradSlice<'_>], norm: NormType) -> Result<f64, Error> {
-        let combine = |a: f64, p: f64| match norm {
-            NormType::Inf => {
-                if a.is_nan() || p.is_nan() {
-                    f64::NAN
-                } else {
-                    a.max(p)
-                }
-            }
-            NormType::L1 | NormType::L2 => a + p,
-        };
+        let combine = |a: f64, p: f64| combine(norm, a, p);
         // Blocks' partials are combined in block order whichever thread computed them.
         #[cfg(feature = "rayon")]
         let total = {

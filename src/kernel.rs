@@ -31,19 +31,6 @@ pub(crate) trait Piece<T: Element>: Send + Sized {
     fn run(self, backend: crate::Backend, k: Coefficients<T>);
 }
 
-/// Buffers a rule runs over ([`drive`]).
-pub(crate) trait Driver<T: Element> {
-    /// Runs `rule` over every element.
-    fn drive<S: Simd, R: VectorRule<S, T>>(self, simd: S, rule: &R);
-}
-
-impl<T: Element> Driver<T> for Buffers<'_, T> {
-    #[inline(always)]
-    fn drive<S: Simd, R: VectorRule<S, T>>(self, simd: S, rule: &R) {
-        drive(simd, self, rule)
-    }
-}
-
 impl<'a, T: Element> Piece<T> for Buffers<'a, T> {
     fn len(&self) -> usize {
         self.params.len()
@@ -87,9 +74,9 @@ impl<'a, T: Element> Piece<T> for Buffers<'a, T> {
 }
 
 /// One serial pass over `bufs` with coefficients `k`, as a pulp operation.
-pub(crate) struct Pass<T, D> {
+pub(crate) struct Pass<'a, T> {
     pub k: Coefficients<T>,
-    pub bufs: D,
+    pub bufs: Buffers<'a, T>,
 }
 
 /// Calls `$f::<$($ty),*, B1, B2, ...>($args)` with each runtime bool of `[$b1, $b2, ...]` turned
@@ -107,7 +94,7 @@ macro_rules! with_consts {
     };
 }
 
-impl<T: Element, D: Driver<T>> WithSimd for Pass<T, D> {
+impl<T: Element> WithSimd for Pass<'_, T> {
     type Output = ();
 
     #[inline(always)]
@@ -116,7 +103,7 @@ impl<T: Element, D: Driver<T>> WithSimd for Pass<T, D> {
         match k.rule {
             Rule::PyTorch => with_consts!(
                 [] [k.centered, k.use_momentum, k.use_weight_decay, k.maximize]
-                run_pytorch::<S, T, D>(simd, &k, bufs)
+                run_pytorch::<S, T>(simd, &k, bufs)
             ),
             Rule::Optax {
                 eps_in_sqrt,
@@ -124,22 +111,22 @@ impl<T: Element, D: Driver<T>> WithSimd for Pass<T, D> {
                 bias_correction,
             } => with_consts!(
                 [] [k.centered, k.use_momentum, nesterov, eps_in_sqrt, bias_correction]
-                run_optax::<S, T, D>(simd, &k, bufs)
+                run_optax::<S, T>(simd, &k, bufs)
             ),
             Rule::Keras => with_consts!(
                 [] [k.centered, k.use_momentum, k.use_weight_decay]
-                run_keras::<S, T, D>(simd, &k, bufs)
+                run_keras::<S, T>(simd, &k, bufs)
             ),
         }
     }
 }
 
 /// `(param, square_avg, grad_avg, momentum_buffer)` after one vector step.
-pub(crate) type Updated<V> = (V, V, V, V);
+type Updated<V> = (V, V, V, V);
 
 /// A semantics' per-vector update, with its coefficients splatted once per pass. A trait method
 /// (not a closure) so that `#[inline(always)]` keeps it inside pulp's target-feature context.
-pub(crate) trait VectorRule<S: Simd, T: Element> {
+trait VectorRule<S: Simd, T: Element> {
     /// Reads and writes `grad_avg`.
     const GA: bool;
     /// Reads and writes `momentum_buffer`.
@@ -280,18 +267,10 @@ impl<S: Simd, T: Element, const C: bool, const M: bool, const W: bool, const X: 
 }
 
 #[inline(always)]
-fn run_pytorch<
-    S: Simd,
-    T: Element,
-    D: Driver<T>,
-    const C: bool,
-    const M: bool,
-    const W: bool,
-    const X: bool,
->(
+fn run_pytorch<S: Simd, T: Element, const C: bool, const M: bool, const W: bool, const X: bool>(
     simd: S,
     k: &Coefficients<T>,
-    bufs: D,
+    bufs: Buffers<'_, T>,
 ) {
     let splat = |x: T| T::splat(simd, x);
     let rule = PyTorch::<T::Vector<S>, C, M, W, X> {
@@ -304,7 +283,7 @@ fn run_pytorch<
         neg_lr: splat(k.neg_lr),
         lerp_from_end: k.lerp_from_end(),
     };
-    bufs.drive(simd, &rule);
+    drive(simd, bufs, &rule);
 }
 
 /// optax's step (see [`crate::reference`]), lane by lane.
@@ -385,7 +364,6 @@ impl<
 fn run_optax<
     S: Simd,
     T: Element,
-    D: Driver<T>,
     const C: bool,
     const M: bool,
     const N: bool,
@@ -394,7 +372,7 @@ fn run_optax<
 >(
     simd: S,
     k: &Coefficients<T>,
-    bufs: D,
+    bufs: Buffers<'_, T>,
 ) {
     let splat = |x: T| T::splat(simd, x);
     let rule = Optax::<T::Vector<S>, C, M, N, E, BC> {
@@ -406,7 +384,7 @@ fn run_optax<
         bc: splat(k.bias_correction),
         one: splat(T::one()),
     };
-    bufs.drive(simd, &rule);
+    drive(simd, bufs, &rule);
 }
 
 /// Keras 3's step (see [`crate::reference`]), lane by lane.
@@ -465,10 +443,10 @@ impl<S: Simd, T: Element, const C: bool, const M: bool, const W: bool> VectorRul
 }
 
 #[inline(always)]
-fn run_keras<S: Simd, T: Element, D: Driver<T>, const C: bool, const M: bool, const W: bool>(
+fn run_keras<S: Simd, T: Element, const C: bool, const M: bool, const W: bool>(
     simd: S,
     k: &Coefficients<T>,
-    bufs: D,
+    bufs: Buffers<'_, T>,
 ) {
     let splat = |x: T| T::splat(simd, x);
     let rule = Keras::<T::Vector<S>, C, M, W> {
@@ -479,5 +457,5 @@ fn run_keras<S: Simd, T: Element, D: Driver<T>, const C: bool, const M: bool, co
         lr: splat(k.lr),
         wd: splat(k.weight_decay),
     };
-    bufs.drive(simd, &rule);
+    drive(simd, bufs, &rule);
 }

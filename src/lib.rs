@@ -172,7 +172,7 @@ pub(crate) fn validate_with<T: Element, P, G, S>(
     let k = validate::<T, P, G, S>(hp, params, grads, state)?;
     let prep = prep_for::<T>(options)?;
     if let Some(copy) = copy {
-        if T::NAME != "f32" {
+        if T::FORMAT != Format::F32 {
             return Err(Error::Unsupported {
                 reason: "a 16-bit parameter copy needs f32, bf16 or f16 parameters, not f64",
             });

@@ -349,6 +349,56 @@ impl GoldenSet {
     }
 }
 
+impl Case {
+    /// The file of array `key`, if the case has one.
+    fn path(&self, key: &str) -> Option<&Path> {
+        self.files
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, p)| p.as_path())
+    }
+
+    /// Array `key` in element type `T` (its presence and size were checked when loaded).
+    fn load<T: Element>(&self, key: &str) -> Result<Vec<T>, String> {
+        read_array::<T>(self.path(key).expect("checked when loaded"))
+    }
+
+    /// Compares the final parameters and state with the case's expected arrays by the rule of
+    /// the README (`v0`: where `square_avg` started).
+    fn compare<T: Element>(
+        &self,
+        params: &[T],
+        params0: &[T],
+        st: &OwnedState<T>,
+        v0: &[T],
+    ) -> Result<Vec<ArrayReport>, String> {
+        let zeros = vec![T::default(); self.n];
+        let tiny = match self.dtype {
+            Dtype::F32 => f32::MIN_POSITIVE as f64,
+            Dtype::F64 => f64::MIN_POSITIVE,
+        };
+        let mut reports = Vec::new();
+        for (key, got, start) in [
+            ("params", params, params0),
+            ("square_avg", &st.square_avg[..], v0),
+            ("grad_avg", &st.grad_avg[..], &zeros[..]),
+            ("momentum_buffer", &st.momentum_buffer[..], &zeros[..]),
+        ] {
+            if self.path(key).is_none() {
+                continue;
+            }
+            let expected = self.load::<T>(key)?;
+            let error = relative_error(got, &expected, start, tiny);
+            reports.push(ArrayReport {
+                array: key.to_string(),
+                error,
+                pass: error <= self.tolerance,
+            });
+        }
+        Ok(reports)
+    }
+}
+
 fn read_array<T: Element>(path: &Path) -> Result<Vec<T>, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let size = std::mem::size_of::<T>();
@@ -395,15 +445,8 @@ pub fn relative_error<T: Element>(x: &[T], expected: &[T], start: &[T], tiny: f6
 
 /// Runs `case` from its start with `kernel`, and compares every expected array.
 pub fn run_case<T: Element>(case: &Case, kernel: &Kernel) -> Result<Vec<ArrayReport>, String> {
-    let path_of = |key: &str| {
-        case.files
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, p)| p.as_path())
-    };
-    let load = |key: &str| read_array::<T>(path_of(key).expect("checked when loaded"));
-    let params0 = load("params0")?;
-    let grads = load("grads")?;
+    let params0 = case.load::<T>("params0")?;
+    let grads = case.load::<T>("grads")?;
     let n = case.n;
     let mut params = params0.clone();
     let mut st = OwnedState::<T>::zeros(n);
@@ -420,30 +463,7 @@ pub fn run_case<T: Element>(case: &Case, kernel: &Kernel) -> Result<Vec<ArrayRep
             .step(&hp, &mut params, &grads[s * n..(s + 1) * n], state)
             .map_err(|e| format!("step {s} refused: {e}"))?;
     }
-    let zeros = vec![T::default(); n];
-    let tiny = match case.dtype {
-        Dtype::F32 => f32::MIN_POSITIVE as f64,
-        Dtype::F64 => f64::MIN_POSITIVE,
-    };
-    let mut reports = Vec::new();
-    for (key, got, start) in [
-        ("params", &params, &params0),
-        ("square_avg", &st.square_avg, &v0),
-        ("grad_avg", &st.grad_avg, &zeros),
-        ("momentum_buffer", &st.momentum_buffer, &zeros),
-    ] {
-        if path_of(key).is_none() {
-            continue;
-        }
-        let expected = load(key)?;
-        let error = relative_error(got, &expected, start, tiny);
-        reports.push(ArrayReport {
-            array: key.to_string(),
-            error,
-            pass: error <= case.tolerance,
-        });
-    }
-    Ok(reports)
+    case.compare(&params, &params0, &st, &v0)
 }
 
 /// The 16-bit rule of the mixed README: NaN/Inf positions match, every other element within
@@ -481,15 +501,8 @@ pub fn ulps16(got: &[u16], expected: &[u16], format: Format) -> f64 {
 /// and skips the step when one is not finite (as `GradScaler` does), else one fused
 /// `Kernel::step_with` divides by the scale and writes the copy.
 pub fn run_mixed_case(case: &Case, kernel: &Kernel) -> Result<Vec<ArrayReport>, String> {
-    let path_of = |key: &str| {
-        case.files
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, p)| p.as_path())
-    };
-    let load = |key: &str| read_array::<f32>(path_of(key).expect("checked when loaded"));
     let load16 = |key: &str| -> Result<Vec<u16>, String> {
-        let bytes = std::fs::read(path_of(key).expect("checked when loaded"))
+        let bytes = std::fs::read(case.path(key).expect("checked when loaded"))
             .map_err(|e| format!("cannot read {key}: {e}"))?;
         Ok(bytes
             .chunks_exact(2)
@@ -497,9 +510,9 @@ pub fn run_mixed_case(case: &Case, kernel: &Kernel) -> Result<Vec<ArrayReport>, 
             .collect())
     };
     let n = case.n;
-    let params0 = load("params0")?;
+    let params0 = case.load::<f32>("params0")?;
     let grads_f32 = match case.grads_dtype {
-        None => Some(load("grads")?),
+        None => Some(case.load::<f32>("grads")?),
         Some(_) => None,
     };
     let grads16 = match case.grads_dtype {
@@ -559,26 +572,7 @@ pub fn run_mixed_case(case: &Case, kernel: &Kernel) -> Result<Vec<ArrayReport>, 
         };
         r.map_err(|e| format!("step {s} refused: {e}"))?;
     }
-    let zeros = vec![0.0f32; n];
-    let tiny = f32::MIN_POSITIVE as f64;
-    let mut reports = Vec::new();
-    for (key, got, start) in [
-        ("params", &params, &params0),
-        ("square_avg", &st.square_avg, &zeros),
-        ("grad_avg", &st.grad_avg, &zeros),
-        ("momentum_buffer", &st.momentum_buffer, &zeros),
-    ] {
-        if path_of(key).is_none() {
-            continue;
-        }
-        let expected = load(key)?;
-        let error = relative_error(got, &expected, start, tiny);
-        reports.push(ArrayReport {
-            array: key.to_string(),
-            error,
-            pass: error <= case.tolerance,
-        });
-    }
+    let mut reports = case.compare(&params, &params0, &st, &vec![0.0f32; n])?;
     if let Some(format) = copy_format {
         let got: Vec<u16> = match format {
             Format::Bf16 => copy_bf16.iter().map(|x| x.to_bits()).collect(),
