@@ -259,6 +259,8 @@ fn dst<P: Storage>(s: &mut [P]) -> Dst<'_, P::Compute> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Kernel {
     backend: Backend,
+    /// The backend of passes with 16-bit storage ([`Backend::detect_mixed`] by default).
+    mixed_backend: Backend,
     threading: Threading,
     parallel_min_len: usize,
 }
@@ -267,6 +269,7 @@ impl Default for Kernel {
     fn default() -> Self {
         Kernel {
             backend: Backend::detect(),
+            mixed_backend: Backend::detect_mixed(),
             threading: Threading::Parallel,
             parallel_min_len: PARALLEL_MIN_LEN,
         }
@@ -295,9 +298,13 @@ impl Kernel {
         self.parallel_min_len
     }
 
-    /// The same kernel on `backend`.
+    /// The same kernel on `backend`, for every pass (also those with 16-bit storage).
     pub fn with_backend(self, backend: Backend) -> Self {
-        Kernel { backend, ..self }
+        Kernel {
+            backend,
+            mixed_backend: backend,
+            ..self
+        }
     }
 
     /// The same kernel with `threading`.
@@ -308,6 +315,12 @@ impl Kernel {
     /// The backend this kernel runs on.
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// The backend of passes with a 16-bit buffer (bf16/f16 params, grads, state or copy):
+    /// [`Backend::detect_mixed`] unless [`Kernel::with_backend`] chose one for every pass.
+    pub fn mixed_backend(&self) -> Backend {
+        self.mixed_backend
     }
 
     /// The threading policy.
@@ -409,6 +422,7 @@ impl Kernel {
             };
             threading::run_one(self, k, bufs);
         } else {
+            let params_copy_absent = params_copy.is_none();
             let bufs = MixedBuffers {
                 params: dst(params),
                 grads: src(grads),
@@ -422,7 +436,15 @@ impl Kernel {
                 prep,
                 offset: 0,
             };
-            threading::run_one(self, k, bufs);
+            let kernel = if native && params_copy_absent {
+                *self
+            } else {
+                Kernel {
+                    backend: self.mixed_backend,
+                    ..*self
+                }
+            };
+            threading::run_one(&kernel, k, bufs);
         }
         Ok(())
     }

@@ -887,3 +887,18 @@ proptest! {
         }
     }
 }
+
+/// Passes with 16-bit storage run on `Backend::detect_mixed` (AVX-512 first) unless a backend
+/// was chosen for every pass; the f32 kernel keeps `Backend::detect`.
+#[test]
+fn sixteen_bit_passes_prefer_the_widest_backend() {
+    use rmsprop_simd::Backend;
+    let kernel = Kernel::new();
+    assert_eq!(kernel.backend(), Backend::detect());
+    assert_eq!(kernel.mixed_backend(), Backend::detect_mixed());
+    if let Some(v4) = Backend::avx512() {
+        assert_eq!(Backend::detect_mixed(), v4);
+    }
+    let scalar = Kernel::new().with_backend(Backend::scalar());
+    assert_eq!(scalar.mixed_backend(), Backend::scalar());
+}
