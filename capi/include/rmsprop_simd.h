@@ -91,6 +91,47 @@
 #define RMSPROP_ERROR_OTHER 12
 
 /*
+ A `RMSPROP_DTYPE_*` code is unknown, or not allowed for that buffer.
+ */
+#define RMSPROP_ERROR_UNSUPPORTED_DTYPE 13
+
+/*
+ Storage codes of [`rmsprop_step_mixed`]'s buffers: IEEE binary32 (`float`).
+ */
+#define RMSPROP_DTYPE_F32 0
+
+/*
+ bfloat16, as `uint16_t` bits (the upper half of a `float`).
+ */
+#define RMSPROP_DTYPE_BF16 1
+
+/*
+ IEEE binary16 (`_Float16`), as `uint16_t` bits.
+ */
+#define RMSPROP_DTYPE_F16 2
+
+/*
+ No buffer (only for [`rmsprop_step_mixed`]'s `params_copy`).
+ */
+#define RMSPROP_DTYPE_NONE -1
+
+/*
+ [`RmspropStepOptions::rounding`]: round 16-bit results to nearest, ties to even.
+ */
+#define RMSPROP_ROUNDING_NEAREST_EVEN 0
+
+/*
+ [`RmspropStepOptions::rounding`]: round 16-bit params and state stochastically, with random
+ bits keyed by (`seed`, `step`, element index): the same on every backend and thread count.
+ */
+#define RMSPROP_ROUNDING_STOCHASTIC 1
+
+/*
+ The layout version of [`RmspropStepOptions`] this library writes.
+ */
+#define RMSPROP_STEP_OPTIONS_VERSION 1
+
+/*
  Backend codes for [`RmspropContextOptions::backend`] and friends: portable scalar code.
  */
 #define RMSPROP_BACKEND_SCALAR 0
@@ -254,6 +295,53 @@ typedef struct RmspropContextOptions {
    */
   uint8_t reserved[16];
 } RmspropContextOptions;
+
+/*
+ The gradient pre-processing and rounding of [`rmsprop_step_mixed`] (Rust's `StepOptions`).
+ Fill it with [`rmsprop_step_options_init`], then change fields.
+ */
+typedef struct RmspropStepOptions {
+  /*
+   `sizeof(RmspropStepOptions)` as the caller was compiled with.
+   */
+  uint32_t struct_size;
+  /*
+   The layout version (`RMSPROP_STEP_OPTIONS_VERSION` of the caller's header).
+   */
+  uint32_t version;
+  /*
+   Each gradient is divided by it first (GradScaler's unscale). Default 1.
+   */
+  double grad_scale;
+  /*
+   With `clip` set, each unscaled gradient is clamped to `[-clip_value, clip_value]`.
+   */
+  double clip_value;
+  /*
+   Each clamped gradient is multiplied by it (a global-norm clip coefficient). Default 1.
+   */
+  double grad_multiplier;
+  /*
+   The seed of stochastic rounding.
+   */
+  uint64_t seed;
+  /*
+   The step number of stochastic rounding (give each step its own).
+   */
+  uint64_t step;
+  /*
+   An `RMSPROP_ROUNDING_*` code (default nearest-even).
+   */
+  uint32_t rounding;
+  /*
+   1: clamp by `clip_value`; 0 (default): no clamp.
+   */
+  uint32_t clip;
+  /*
+   Zero. Room for the fields of later versions.
+   */
+  uint8_t reserved[16];
+} RmspropStepOptions;
 
 #ifdef __cplusplus
 extern "C" {
@@ -493,6 +581,55 @@ int32_t rmsprop_step_multi_f64(struct RmspropContext *ctx,
                                double *const *square_avg,
                                double *const *grad_avg,
                                double *const *momentum_buffer);
+
+/*
+ Fills `*options` with the defaults (no scaling, no clamp, multiplier 1, nearest-even),
+ writing `min(size, sizeof(RmspropStepOptions))` bytes of the newest layout that fits, never
+ more. Returns `RMSPROP_OK`, `RMSPROP_ERROR_NULL_POINTER` or `RMSPROP_ERROR_STRUCT_SIZE`.
+
+ # Safety
+ `options` is NULL or points to writable memory of `size` bytes.
+ */
+int32_t rmsprop_step_options_init(struct RmspropStepOptions *options, size_t size);
+
+/*
+ One RMSprop step on buffers stored as `float`, bfloat16 or binary16 (`uint16_t` bits),
+ computed in `float`, with the gradient pre-processing and rounding of `*options` (NULL: the
+ defaults of [`rmsprop_step_options_init`]) fused into the same pass.
+
+ - `params` (`params_dtype`), `grads` (`grads_dtype`): `RMSPROP_DTYPE_F32`, `_BF16` or
+   `_F16`, any mix; `square_avg`, `grad_avg`, `momentum_buffer` share `state_dtype`.
+ - `params_copy`: NULL with `copy_dtype == RMSPROP_DTYPE_NONE`, or a 16-bit buffer
+   (`_BF16`/`_F16`) that receives the new parameters rounded to nearest-even (f32 master
+   weights with a copy for the device).
+ - Buffer rules as [`rmsprop_step_f32`]: required ones non-NULL unless `len == 0`,
+   `grad_avg` exactly when centered, `momentum_buffer` exactly when `momentum > 0`, aligned
+   to their element size, no written buffer overlapping another.
+ - Results equal Rust's `Kernel::step_with` (and its specification `reference::step_with`)
+   bit for bit on every backend and thread count, stochastic rounding included.
+
+ Returns `RMSPROP_OK` or an error code (an unknown dtype is `RMSPROP_ERROR_UNSUPPORTED_DTYPE`,
+ a bad option value `RMSPROP_ERROR_INVALID_HYPERPARAMETER`); on error nothing was written.
+
+ # Safety
+ `ctx` is a live context; `hp` readable for its `struct_size`; `options` NULL or readable
+ for its `struct_size`; each non-NULL buffer valid for reads (and, except `grads`, writes) of
+ `len` elements of its dtype, not written by anyone else during the call.
+ */
+int32_t rmsprop_step_mixed(struct RmspropContext *ctx,
+                           const struct RmspropHyperparameters *hp,
+                           const struct RmspropStepOptions *options,
+                           size_t len,
+                           void *params,
+                           int32_t params_dtype,
+                           const void *grads,
+                           int32_t grads_dtype,
+                           void *square_avg,
+                           void *grad_avg,
+                           void *momentum_buffer,
+                           int32_t state_dtype,
+                           uint16_t *params_copy,
+                           int32_t copy_dtype);
 
 #ifdef __cplusplus
 }  // extern "C"

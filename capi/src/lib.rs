@@ -24,10 +24,11 @@
 #![deny(missing_docs)]
 
 use rmsprop::{
-    run_in_pool, Backend, BackendKind, Element, Error, Hyperparameters, KerasOptions, Kernel,
-    OptaxOptions, Semantics, State, StepManyError, TensorStep, Threading, PARALLEL_MIN_LEN,
+    bf16, f16, run_in_pool, Backend, BackendKind, Element, Error, Hyperparameters, KerasOptions,
+    Kernel, OptaxOptions, ParamsCopy, Rounding, Semantics, State, StepManyError, StepOptions,
+    Storage, TensorStep, Threading, PARALLEL_MIN_LEN,
 };
-use std::ffi::c_char;
+use std::ffi::{c_char, c_void};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -63,6 +64,25 @@ pub const RMSPROP_ERROR_THREAD_POOL: i32 = 10;
 pub const RMSPROP_ERROR_PANIC: i32 = 11;
 /// An error of a kind this version of the C ABI has no code for; the message says what it is.
 pub const RMSPROP_ERROR_OTHER: i32 = 12;
+/// A `RMSPROP_DTYPE_*` code is unknown, or not allowed for that buffer.
+pub const RMSPROP_ERROR_UNSUPPORTED_DTYPE: i32 = 13;
+
+/// Storage codes of [`rmsprop_step_mixed`]'s buffers: IEEE binary32 (`float`).
+pub const RMSPROP_DTYPE_F32: i32 = 0;
+/// bfloat16, as `uint16_t` bits (the upper half of a `float`).
+pub const RMSPROP_DTYPE_BF16: i32 = 1;
+/// IEEE binary16 (`_Float16`), as `uint16_t` bits.
+pub const RMSPROP_DTYPE_F16: i32 = 2;
+/// No buffer (only for [`rmsprop_step_mixed`]'s `params_copy`).
+pub const RMSPROP_DTYPE_NONE: i32 = -1;
+
+/// [`RmspropStepOptions::rounding`]: round 16-bit results to nearest, ties to even.
+pub const RMSPROP_ROUNDING_NEAREST_EVEN: u32 = 0;
+/// [`RmspropStepOptions::rounding`]: round 16-bit params and state stochastically, with random
+/// bits keyed by (`seed`, `step`, element index): the same on every backend and thread count.
+pub const RMSPROP_ROUNDING_STOCHASTIC: u32 = 1;
+/// The layout version of [`RmspropStepOptions`] this library writes.
+pub const RMSPROP_STEP_OPTIONS_VERSION: u32 = 1;
 
 /// Backend codes for [`RmspropContextOptions::backend`] and friends: portable scalar code.
 pub const RMSPROP_BACKEND_SCALAR: i32 = 0;
@@ -152,10 +172,38 @@ pub struct RmspropContextOptions {
     pub reserved: [u8; 16],
 }
 
+/// The gradient pre-processing and rounding of [`rmsprop_step_mixed`] (Rust's `StepOptions`).
+/// Fill it with [`rmsprop_step_options_init`], then change fields.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RmspropStepOptions {
+    /// `sizeof(RmspropStepOptions)` as the caller was compiled with.
+    pub struct_size: u32,
+    /// The layout version (`RMSPROP_STEP_OPTIONS_VERSION` of the caller's header).
+    pub version: u32,
+    /// Each gradient is divided by it first (GradScaler's unscale). Default 1.
+    pub grad_scale: f64,
+    /// With `clip` set, each unscaled gradient is clamped to `[-clip_value, clip_value]`.
+    pub clip_value: f64,
+    /// Each clamped gradient is multiplied by it (a global-norm clip coefficient). Default 1.
+    pub grad_multiplier: f64,
+    /// The seed of stochastic rounding.
+    pub seed: u64,
+    /// The step number of stochastic rounding (give each step its own).
+    pub step: u64,
+    /// An `RMSPROP_ROUNDING_*` code (default nearest-even).
+    pub rounding: u32,
+    /// 1: clamp by `clip_value`; 0 (default): no clamp.
+    pub clip: u32,
+    /// Zero. Room for the fields of later versions.
+    pub reserved: [u8; 16],
+}
+
 /// Layout sizes of each version (the prefix a caller must provide).
 const HP_V1_SIZE: u32 = 64;
 const HP_V2_SIZE: u32 = core::mem::size_of::<RmspropHyperparameters>() as u32;
 const OPTIONS_V1_SIZE: u32 = core::mem::size_of::<RmspropContextOptions>() as u32;
+const STEP_OPTIONS_V1_SIZE: u32 = core::mem::size_of::<RmspropStepOptions>() as u32;
 
 /// A step context: backend, threads, threshold, and the message of its latest error. Create
 /// with [`rmsprop_context_create`], free with [`rmsprop_context_free`]. Thread-safe.
@@ -242,6 +290,7 @@ fn code_of(e: &Error) -> i32 {
         Error::LengthMismatch { .. } => RMSPROP_ERROR_LENGTH_MISMATCH,
         Error::MissingState { .. } => RMSPROP_ERROR_MISSING_STATE,
         Error::UnexpectedState { .. } => RMSPROP_ERROR_UNEXPECTED_STATE,
+        Error::Unsupported { .. } => RMSPROP_ERROR_UNSUPPORTED_DTYPE,
         _ => RMSPROP_ERROR_OTHER,
     }
 }
@@ -306,6 +355,7 @@ pub extern "C" fn rmsprop_error_string(code: i32) -> *const c_char {
         RMSPROP_ERROR_THREAD_POOL => "the thread pool could not be created\0",
         RMSPROP_ERROR_PANIC => "internal error (a caught panic: please report it)\0",
         RMSPROP_ERROR_OTHER => "error (see the context's message)\0",
+        RMSPROP_ERROR_UNSUPPORTED_DTYPE => "a dtype code is unknown or not allowed there\0",
         _ => "unknown error code\0",
     };
     s.as_ptr().cast()
@@ -1307,6 +1357,341 @@ macro_rules! step_exports {
 
 step_exports!(f32, "float", rmsprop_step_f32, rmsprop_step_multi_f32);
 step_exports!(f64, "double", rmsprop_step_f64, rmsprop_step_multi_f64);
+
+// ---------------------------------------------------------------- 16-bit storage
+
+/// Fills `*options` with the defaults (no scaling, no clamp, multiplier 1, nearest-even),
+/// writing `min(size, sizeof(RmspropStepOptions))` bytes of the newest layout that fits, never
+/// more. Returns `RMSPROP_OK`, `RMSPROP_ERROR_NULL_POINTER` or `RMSPROP_ERROR_STRUCT_SIZE`.
+///
+/// # Safety
+/// `options` is NULL or points to writable memory of `size` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn rmsprop_step_options_init(
+    options: *mut RmspropStepOptions,
+    size: usize,
+) -> i32 {
+    guarded(None, || {
+        if options.is_null() {
+            return RMSPROP_ERROR_NULL_POINTER;
+        }
+        if size < STEP_OPTIONS_V1_SIZE as usize {
+            return RMSPROP_ERROR_STRUCT_SIZE;
+        }
+        let value = RmspropStepOptions {
+            struct_size: STEP_OPTIONS_V1_SIZE,
+            version: RMSPROP_STEP_OPTIONS_VERSION,
+            grad_scale: 1.0,
+            clip_value: 0.0,
+            grad_multiplier: 1.0,
+            seed: 0,
+            step: 0,
+            rounding: RMSPROP_ROUNDING_NEAREST_EVEN,
+            clip: 0,
+            reserved: [0; 16],
+        };
+        // SAFETY: non-null and, by the contract above, valid for one write.
+        unsafe { options.write_unaligned(value) };
+        RMSPROP_OK
+    })
+}
+
+/// Reads a step-options struct (NULL: the defaults) into Rust's `StepOptions`.
+///
+/// # Safety
+/// `options` is NULL or readable for its `struct_size` bytes.
+unsafe fn step_options(options: *const RmspropStepOptions) -> Result<StepOptions, (i32, String)> {
+    if options.is_null() {
+        return Ok(StepOptions::default());
+    }
+    let zeroed = RmspropStepOptions {
+        struct_size: 0,
+        version: 0,
+        grad_scale: 0.0,
+        clip_value: 0.0,
+        grad_multiplier: 0.0,
+        seed: 0,
+        step: 0,
+        rounding: 0,
+        clip: 0,
+        reserved: [0; 16],
+    };
+    // SAFETY: non-null and readable for its struct_size (contract).
+    let (o, _) = unsafe {
+        read_versioned(
+            options,
+            "RmspropStepOptions",
+            &[STEP_OPTIONS_V1_SIZE],
+            zeroed,
+        )
+    }
+    .map_err(|why| (RMSPROP_ERROR_STRUCT_SIZE, why))?;
+    if o.reserved != [0; 16] {
+        return Err((
+            RMSPROP_ERROR_STRUCT_SIZE,
+            "RmspropStepOptions: the reserved bytes are not zero".into(),
+        ));
+    }
+    let rounding = match o.rounding {
+        RMSPROP_ROUNDING_NEAREST_EVEN => Rounding::NearestEven,
+        RMSPROP_ROUNDING_STOCHASTIC => Rounding::Stochastic {
+            seed: o.seed,
+            step: o.step,
+        },
+        r => {
+            return Err((
+                RMSPROP_ERROR_OTHER,
+                format!("RmspropStepOptions: rounding {r} is not an RMSPROP_ROUNDING_* code"),
+            ))
+        }
+    };
+    let clip_value = match o.clip {
+        0 => None,
+        1 => Some(o.clip_value),
+        c => {
+            return Err((
+                RMSPROP_ERROR_OTHER,
+                format!("RmspropStepOptions: clip is {c}; it is 0 or 1"),
+            ))
+        }
+    };
+    Ok(StepOptions {
+        grad_scale: o.grad_scale,
+        clip_value,
+        grad_multiplier: o.grad_multiplier,
+        rounding,
+    })
+}
+
+/// The typed body of [`rmsprop_step_mixed`].
+///
+/// # Safety
+/// As documented on [`rmsprop_step_mixed`], with the pointers of the types their dtypes name.
+#[allow(clippy::too_many_arguments)]
+unsafe fn step_mixed_typed<
+    P: Storage<Compute = f32>,
+    G: Storage<Compute = f32>,
+    S: Storage<Compute = f32>,
+>(
+    ctx: &RmspropContext,
+    hp: *const RmspropHyperparameters,
+    options: *const RmspropStepOptions,
+    len: usize,
+    params: *mut P,
+    grads: *const G,
+    square_avg: *mut S,
+    grad_avg: *mut S,
+    momentum_buffer: *mut S,
+    copy: *mut u16,
+    copy_dtype: i32,
+) -> i32 {
+    // SAFETY (both): the caller's contract, forwarded.
+    let hp = match unsafe { hyperparameters(hp) } {
+        Ok(hp) => hp,
+        Err((code, why)) => return ctx.fail(code, why),
+    };
+    let options = match unsafe { step_options(options) } {
+        Ok(o) => o,
+        Err((code, why)) => return ctx.fail(code, why),
+    };
+    let (centered, momentum) = hp.uses_state();
+    let mut raws: [Option<Raw>; 6] = Default::default();
+    let checked = (|| {
+        raws[0] = Some(check_ptr(None, "params", params as *const P, len, true)?);
+        raws[1] = Some(check_ptr(None, "grads", grads, len, false)?);
+        raws[2] = Some(check_ptr(
+            None,
+            "square_avg",
+            square_avg as *const S,
+            len,
+            true,
+        )?);
+        for (i, name, ptr, needed, when) in [
+            (3, "grad_avg", grad_avg, centered, "centered"),
+            (
+                4,
+                "momentum_buffer",
+                momentum_buffer,
+                momentum,
+                "momentum > 0",
+            ),
+        ] {
+            match (needed, ptr.is_null()) {
+                (true, true) if len > 0 => {
+                    return Err((
+                        RMSPROP_ERROR_MISSING_STATE,
+                        format!("{name} is NULL; it is required when {when}"),
+                    ))
+                }
+                (false, false) => {
+                    return Err((
+                        RMSPROP_ERROR_UNEXPECTED_STATE,
+                        format!("{name} is given; it is used only when {when}"),
+                    ))
+                }
+                (true, false) => raws[i] = Some(check_ptr(None, name, ptr as *const S, len, true)?),
+                _ => {}
+            }
+        }
+        if copy_dtype != RMSPROP_DTYPE_NONE {
+            raws[5] = Some(check_ptr(
+                None,
+                "params_copy",
+                copy as *const u16,
+                len,
+                true,
+            )?);
+        } else if !copy.is_null() {
+            return Err((
+                RMSPROP_ERROR_UNSUPPORTED_DTYPE,
+                "params_copy is given with copy_dtype RMSPROP_DTYPE_NONE".to_string(),
+            ));
+        }
+        check_overlaps(&mut raws)
+    })();
+    if let Err((code, why)) = checked {
+        return ctx.fail(code, why);
+    }
+    // SAFETY: every pointer checked above (NULL only with length 0 or when unused, aligned,
+    // sizes in range, written buffers disjoint from all others); the caller's contract makes
+    // them valid for `len` elements during the call.
+    let (params, grads, mut state) = unsafe {
+        (
+            slice_mut(params, len),
+            slice(grads, len),
+            State::new(slice_mut(square_avg, len)),
+        )
+    };
+    if centered {
+        // SAFETY: as above.
+        state = state.with_grad_avg(unsafe { slice_mut(grad_avg, len) });
+    }
+    if momentum {
+        // SAFETY: as above.
+        state = state.with_momentum_buffer(unsafe { slice_mut(momentum_buffer, len) });
+    }
+    // SAFETY (both): as above; bf16 and f16 are `u16`-sized, `u16`-aligned bit containers.
+    let copy = match copy_dtype {
+        RMSPROP_DTYPE_NONE => None,
+        RMSPROP_DTYPE_BF16 => Some(ParamsCopy::Bf16(unsafe { slice_mut(copy.cast(), len) })),
+        _ => Some(ParamsCopy::F16(unsafe { slice_mut(copy.cast(), len) })),
+    };
+    ctx.run(len, true, move |kernel| {
+        kernel
+            .step_with(&hp, &options, params, grads, state, copy)
+            .map_err(|error| StepManyError { tensor: 0, error })
+    })
+}
+
+/// One RMSprop step on buffers stored as `float`, bfloat16 or binary16 (`uint16_t` bits),
+/// computed in `float`, with the gradient pre-processing and rounding of `*options` (NULL: the
+/// defaults of [`rmsprop_step_options_init`]) fused into the same pass.
+///
+/// - `params` (`params_dtype`), `grads` (`grads_dtype`): `RMSPROP_DTYPE_F32`, `_BF16` or
+///   `_F16`, any mix; `square_avg`, `grad_avg`, `momentum_buffer` share `state_dtype`.
+/// - `params_copy`: NULL with `copy_dtype == RMSPROP_DTYPE_NONE`, or a 16-bit buffer
+///   (`_BF16`/`_F16`) that receives the new parameters rounded to nearest-even (f32 master
+///   weights with a copy for the device).
+/// - Buffer rules as [`rmsprop_step_f32`]: required ones non-NULL unless `len == 0`,
+///   `grad_avg` exactly when centered, `momentum_buffer` exactly when `momentum > 0`, aligned
+///   to their element size, no written buffer overlapping another.
+/// - Results equal Rust's `Kernel::step_with` (and its specification `reference::step_with`)
+///   bit for bit on every backend and thread count, stochastic rounding included.
+///
+/// Returns `RMSPROP_OK` or an error code (an unknown dtype is `RMSPROP_ERROR_UNSUPPORTED_DTYPE`,
+/// a bad option value `RMSPROP_ERROR_INVALID_HYPERPARAMETER`); on error nothing was written.
+///
+/// # Safety
+/// `ctx` is a live context; `hp` readable for its `struct_size`; `options` NULL or readable
+/// for its `struct_size`; each non-NULL buffer valid for reads (and, except `grads`, writes) of
+/// `len` elements of its dtype, not written by anyone else during the call.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn rmsprop_step_mixed(
+    ctx: *mut RmspropContext,
+    hp: *const RmspropHyperparameters,
+    options: *const RmspropStepOptions,
+    len: usize,
+    params: *mut c_void,
+    params_dtype: i32,
+    grads: *const c_void,
+    grads_dtype: i32,
+    square_avg: *mut c_void,
+    grad_avg: *mut c_void,
+    momentum_buffer: *mut c_void,
+    state_dtype: i32,
+    params_copy: *mut u16,
+    copy_dtype: i32,
+) -> i32 {
+    // SAFETY: NULL or live (contract).
+    let Some(ctx) = (unsafe { ctx.as_ref() }) else {
+        return RMSPROP_ERROR_NULL_POINTER;
+    };
+    guarded(Some(ctx), || {
+        for (name, dtype) in [
+            ("params_dtype", params_dtype),
+            ("grads_dtype", grads_dtype),
+            ("state_dtype", state_dtype),
+        ] {
+            if !(RMSPROP_DTYPE_F32..=RMSPROP_DTYPE_F16).contains(&dtype) {
+                return ctx.fail(
+                    RMSPROP_ERROR_UNSUPPORTED_DTYPE,
+                    format!("{name} {dtype} is not RMSPROP_DTYPE_F32, _BF16 or _F16"),
+                );
+            }
+        }
+        if ![RMSPROP_DTYPE_NONE, RMSPROP_DTYPE_BF16, RMSPROP_DTYPE_F16].contains(&copy_dtype) {
+            return ctx.fail(
+                RMSPROP_ERROR_UNSUPPORTED_DTYPE,
+                format!("copy_dtype {copy_dtype} is not RMSPROP_DTYPE_NONE, _BF16 or _F16"),
+            );
+        }
+        // One typed body per (params, grads, state) dtype: 27 thin instantiations of one
+        // mixed pass (the kernel's buffers are type-erased below this).
+        macro_rules! typed {
+            ($p:ty) => {
+                typed!($p, grads_dtype)
+            };
+            ($p:ty, $g:ident) => {
+                match $g {
+                    RMSPROP_DTYPE_F32 => typed!($p, f32, state_dtype),
+                    RMSPROP_DTYPE_BF16 => typed!($p, bf16, state_dtype),
+                    _ => typed!($p, f16, state_dtype),
+                }
+            };
+            ($p:ty, $g:ty, $s:ident) => {
+                match $s {
+                    RMSPROP_DTYPE_F32 => typed!(@go $p, $g, f32),
+                    RMSPROP_DTYPE_BF16 => typed!(@go $p, $g, bf16),
+                    _ => typed!(@go $p, $g, f16),
+                }
+            };
+            (@go $p:ty, $g:ty, $s:ty) => {
+                // SAFETY: the caller's contract, with each pointer of its dtype's type.
+                unsafe {
+                    step_mixed_typed::<$p, $g, $s>(
+                        ctx,
+                        hp,
+                        options,
+                        len,
+                        params.cast(),
+                        grads.cast(),
+                        square_avg.cast(),
+                        grad_avg.cast(),
+                        momentum_buffer.cast(),
+                        params_copy,
+                        copy_dtype,
+                    )
+                }
+            };
+        }
+        match params_dtype {
+            RMSPROP_DTYPE_F32 => typed!(f32),
+            RMSPROP_DTYPE_BF16 => typed!(bf16),
+            _ => typed!(f16),
+        }
+    })
+}
 
 #[cfg(test)]
 mod tests;

@@ -390,3 +390,264 @@ fn null_and_static_strings() {
     }
     assert_eq!(rmsprop_abi_version(), 1);
 }
+
+/// A storage type of the mixed export, as the test builds its buffers.
+trait Dtype: Storage<Compute = f32> + Copy + core::fmt::Debug {
+    const CODE: i32;
+    fn make(x: f32) -> Self;
+    fn bits(self) -> u32;
+}
+
+impl Dtype for f32 {
+    const CODE: i32 = RMSPROP_DTYPE_F32;
+    fn make(x: f32) -> Self {
+        x
+    }
+    fn bits(self) -> u32 {
+        self.to_bits()
+    }
+}
+
+impl Dtype for bf16 {
+    const CODE: i32 = RMSPROP_DTYPE_BF16;
+    fn make(x: f32) -> Self {
+        bf16::from_f32(x)
+    }
+    fn bits(self) -> u32 {
+        self.to_bits() as u32
+    }
+}
+
+impl Dtype for f16 {
+    const CODE: i32 = RMSPROP_DTYPE_F16;
+    fn make(x: f32) -> Self {
+        f16::from_f32(x)
+    }
+    fn bits(self) -> u32 {
+        self.to_bits() as u32
+    }
+}
+
+fn step_options_struct(grad_scale: f64, clip: Option<f64>, stochastic: bool) -> RmspropStepOptions {
+    let mut o = core::mem::MaybeUninit::uninit();
+    // SAFETY: writes one struct into the local, which is then initialised.
+    let mut o: RmspropStepOptions = unsafe {
+        assert_eq!(
+            rmsprop_step_options_init(o.as_mut_ptr(), core::mem::size_of::<RmspropStepOptions>()),
+            RMSPROP_OK
+        );
+        o.assume_init()
+    };
+    o.grad_scale = grad_scale;
+    if let Some(c) = clip {
+        o.clip = 1;
+        o.clip_value = c;
+    }
+    if stochastic {
+        o.rounding = RMSPROP_ROUNDING_STOCHASTIC;
+        o.seed = 99;
+        o.step = 3;
+    }
+    o
+}
+
+/// `rmsprop_step_mixed` for params `P`, grads `G`, state `S` (and a copy when `copy` is a
+/// 16-bit dtype) equals `reference::step_with` bit for bit, serial and on a pool.
+fn mixed_equals_reference<P: Dtype, G: Dtype, S: Dtype>(copy: i32) {
+    let n = if cfg!(miri) { 19 } else { 1001 };
+    let contexts = if cfg!(miri) {
+        vec![context(1, 0)]
+    } else {
+        vec![context(1, 0), context(2, 64)]
+    };
+    for &ctx in &contexts {
+        for (h, opts) in [
+            (hp(0.0, false), None),
+            (
+                hp(0.9, true),
+                Some(step_options_struct(1024.0, Some(0.5), true)),
+            ),
+            (hp(0.0, false), Some(step_options_struct(3.0, None, false))),
+        ] {
+            let t = tensor(n, 7);
+            let mk = |v: &[f32], s: f32| -> Vec<f32> { v.iter().map(|x| x * s).collect() };
+            let g: Vec<G> = mk(&t.g, 1024.0).into_iter().map(G::make).collect();
+            let mut p: Vec<P> = t.p.iter().map(|&x| P::make(x)).collect();
+            let mut v: Vec<S> = t.v.iter().map(|&x| S::make(x)).collect();
+            let mut ga: Vec<S> = t.ga.iter().map(|&x| S::make(x * 0.01)).collect();
+            let mut b: Vec<S> = t.b.iter().map(|&x| S::make(x)).collect();
+            let mut c = vec![0u16; n];
+            let (mut p2, mut v2, mut ga2, mut b2, mut c2) =
+                (p.clone(), v.clone(), ga.clone(), b.clone(), c.clone());
+            // The reference.
+            // SAFETY: live structs.
+            let rhp = unsafe { hyperparameters(&h) }.unwrap();
+            let ropts =
+                unsafe { step_options(opts.as_ref().map_or(core::ptr::null(), |o| o)) }.unwrap();
+            let (centered, momentum) = rhp.uses_state();
+            let mut st = State::new(&mut v2[..]);
+            if centered {
+                st = st.with_grad_avg(&mut ga2[..]);
+            }
+            if momentum {
+                st = st.with_momentum_buffer(&mut b2[..]);
+            }
+            let rcopy = match copy {
+                RMSPROP_DTYPE_BF16 => Some(ParamsCopy::Bf16(bytes_as(&mut c2))),
+                RMSPROP_DTYPE_F16 => Some(ParamsCopy::F16(bytes_as(&mut c2))),
+                _ => None,
+            };
+            reference::step_with(&rhp, &ropts, &mut p2, &g, st, rcopy).unwrap();
+            let null = core::ptr::null_mut::<c_void>();
+            // SAFETY: live context and structs; buffers of `n` elements of their dtypes.
+            let code = unsafe {
+                rmsprop_step_mixed(
+                    ctx,
+                    &h,
+                    opts.as_ref().map_or(core::ptr::null(), |o| o),
+                    n,
+                    p.as_mut_ptr().cast(),
+                    P::CODE,
+                    g.as_ptr().cast(),
+                    G::CODE,
+                    v.as_mut_ptr().cast(),
+                    if centered {
+                        ga.as_mut_ptr().cast()
+                    } else {
+                        null
+                    },
+                    if momentum {
+                        b.as_mut_ptr().cast()
+                    } else {
+                        null
+                    },
+                    S::CODE,
+                    if copy == RMSPROP_DTYPE_NONE {
+                        core::ptr::null_mut()
+                    } else {
+                        c.as_mut_ptr()
+                    },
+                    copy,
+                )
+            };
+            assert_eq!(code, RMSPROP_OK, "{}", message(ctx));
+            let bits = |x: &[P]| x.iter().map(|y| y.bits()).collect::<Vec<_>>();
+            let sbits = |x: &[S]| x.iter().map(|y| y.bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&p), bits(&p2), "params");
+            assert_eq!(sbits(&v), sbits(&v2), "square_avg");
+            assert_eq!(sbits(&ga), sbits(&ga2), "grad_avg");
+            assert_eq!(sbits(&b), sbits(&b2), "momentum_buffer");
+            assert_eq!(c, c2, "params_copy");
+        }
+    }
+    for ctx in contexts {
+        // SAFETY: created above, freed once.
+        unsafe { rmsprop_context_free(ctx) };
+    }
+}
+
+/// `u16` bits as a 16-bit float type (same size and alignment).
+fn bytes_as<T: Dtype>(bits: &mut [u16]) -> &mut [T] {
+    assert_eq!(core::mem::size_of::<T>(), 2);
+    // SAFETY: T is bf16 or f16 (checked size), `repr(transparent)` over u16.
+    unsafe { core::slice::from_raw_parts_mut(bits.as_mut_ptr().cast(), bits.len()) }
+}
+
+#[test]
+fn mixed_master_weights() {
+    mixed_equals_reference::<f32, bf16, f32>(RMSPROP_DTYPE_BF16);
+    mixed_equals_reference::<f32, f16, f32>(RMSPROP_DTYPE_F16);
+    mixed_equals_reference::<f32, f32, f32>(RMSPROP_DTYPE_NONE);
+}
+
+#[test]
+fn mixed_low_precision() {
+    mixed_equals_reference::<bf16, bf16, bf16>(RMSPROP_DTYPE_NONE);
+    mixed_equals_reference::<bf16, bf16, f32>(RMSPROP_DTYPE_NONE);
+    mixed_equals_reference::<f16, f16, f16>(RMSPROP_DTYPE_NONE);
+    mixed_equals_reference::<f16, f32, f32>(RMSPROP_DTYPE_NONE);
+}
+
+#[test]
+fn mixed_errors_write_nothing() {
+    let ctx = context(1, 0);
+    let h = hp(0.0, false);
+    let mut p = vec![bf16::ONE; 8];
+    let g = [bf16::ONE; 8];
+    let mut v = vec![0.0f32; 8];
+    let mut c = vec![7u16; 8];
+    let null = core::ptr::null_mut::<c_void>();
+    let call = |pd: i32,
+                gd: i32,
+                sd: i32,
+                copy: *mut u16,
+                cd: i32,
+                o: *const RmspropStepOptions,
+                p: &mut [bf16],
+                v: &mut [f32]| {
+        // SAFETY: live context; buffers of 8 elements (of the dtypes the valid calls name).
+        unsafe {
+            rmsprop_step_mixed(
+                ctx,
+                &h,
+                o,
+                8,
+                p.as_mut_ptr().cast(),
+                pd,
+                g.as_ptr().cast(),
+                gd,
+                v.as_mut_ptr().cast(),
+                null,
+                null,
+                sd,
+                copy,
+                cd,
+            )
+        }
+    };
+    let bad_scale = step_options_struct(0.0, None, false);
+    let mut bad_rounding = step_options_struct(1.0, None, false);
+    bad_rounding.rounding = 9;
+    let cp = c.as_mut_ptr();
+    for (code, args) in [
+        (
+            RMSPROP_ERROR_UNSUPPORTED_DTYPE,
+            (7, 1, 0, core::ptr::null_mut(), -1, core::ptr::null()),
+        ),
+        (
+            RMSPROP_ERROR_UNSUPPORTED_DTYPE,
+            (1, 1, 0, cp, 0, core::ptr::null()),
+        ),
+        (
+            RMSPROP_ERROR_UNSUPPORTED_DTYPE,
+            (1, 1, 0, cp, -1, core::ptr::null()),
+        ),
+        (
+            RMSPROP_ERROR_INVALID_HYPERPARAMETER,
+            (1, 1, 0, cp, 1, &bad_scale as *const _),
+        ),
+        (
+            RMSPROP_ERROR_OTHER,
+            (1, 1, 0, cp, 1, &bad_rounding as *const _),
+        ),
+    ] {
+        let (pd, gd, sd, copy, cd, o) = args;
+        assert_eq!(
+            call(pd, gd, sd, copy, cd, o, &mut p, &mut v),
+            code,
+            "{}",
+            message(ctx)
+        );
+        assert!(!message(ctx).is_empty());
+        assert!(p.iter().all(|x| *x == bf16::ONE) && v.iter().all(|x| *x == 0.0));
+        assert!(c.iter().all(|&x| x == 7));
+    }
+    // The copy may not overlap the params.
+    let pp = p.as_mut_ptr().cast::<u16>();
+    assert_eq!(
+        call(1, 1, 0, pp, 1, core::ptr::null(), &mut p, &mut v),
+        RMSPROP_ERROR_OVERLAP
+    );
+    // SAFETY: created above, freed once.
+    unsafe { rmsprop_context_free(ctx) };
+}

@@ -691,6 +691,82 @@ static void test_ftz(void) {
 
 /* ------------------------------------------------------------------ main */
 
+
+/* ------------------------------------------------------------------ 16-bit storage */
+
+static float bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* IEEE nearest-even float -> bfloat16 (inputs here are finite). */
+static uint16_t f32_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return (uint16_t)((u + 0x7FFF + ((u >> 16) & 1)) >> 16);
+}
+
+/* rmsprop_step_mixed, checked in C against its definition: widen every 16-bit value exactly,
+ * run the float step (rmsprop_step_f32), round each result to nearest-even. All-bf16 storage,
+ * and f32 master weights with bf16 gradients and a bf16 copy; every backend, serial and pool. */
+static void test_mixed(void) {
+    enum { M = 1001 };
+    static uint16_t p16[M], g16[M], v16[M], copy[M];
+    static float p[M], v[M], pe[M], ge[M], ve[M];
+    RmspropHyperparameters hp;
+    rmsprop_hyperparameters_init(&hp, sizeof hp);
+    hp.lr = 1e-2;
+    RmspropStepOptions opts;
+    CHECK(rmsprop_step_options_init(&opts, sizeof opts) == RMSPROP_OK, "step options init");
+    CHECK(sizeof(RmspropStepOptions) == 72, "step options layout: %zu bytes", sizeof(RmspropStepOptions));
+    int backends[] = {RMSPROP_BACKEND_SCALAR, RMSPROP_BACKEND_AVX2_FMA, RMSPROP_BACKEND_AVX512, RMSPROP_BACKEND_NEON};
+    for (size_t bi = 0; bi < 4; bi++) {
+        if (!rmsprop_backend_available(backends[bi])) continue;
+        for (uint32_t threads = 1; threads <= 2; threads++) {
+            RmspropContext *ctx = context(backends[bi], threads, 64);
+            for (size_t i = 0; i < M; i++) {
+                p16[i] = f32_to_bf16((float)((i * 37) % 101) / 50.0f - 1.0f);
+                g16[i] = f32_to_bf16((float)((i * 53) % 97) / 40.0f - 1.2f);
+                v16[i] = f32_to_bf16((float)((i * 29) % 89) / 300.0f);
+                pe[i] = bf16_to_f32(p16[i]);
+                ge[i] = bf16_to_f32(g16[i]);
+                ve[i] = bf16_to_f32(v16[i]);
+                p[i] = pe[i];
+                v[i] = ve[i];
+            }
+            RmspropContext *serial = context(backends[bi], 1, 0);
+            int rc = rmsprop_step_f32(serial, &hp, M, pe, ge, ve, NULL, NULL);
+            CHECK(rc == RMSPROP_OK, "float step: %d", rc);
+            /* all bf16 */
+            rc = rmsprop_step_mixed(ctx, &hp, &opts, M, p16, RMSPROP_DTYPE_BF16, g16, RMSPROP_DTYPE_BF16, v16, NULL,
+                                    NULL, RMSPROP_DTYPE_BF16, NULL, RMSPROP_DTYPE_NONE);
+            CHECK(rc == RMSPROP_OK, "mixed all-bf16: %d %s", rc, msg(ctx));
+            size_t bad = 0;
+            for (size_t i = 0; i < M; i++)
+                bad += p16[i] != f32_to_bf16(pe[i]) || v16[i] != f32_to_bf16(ve[i]);
+            CHECK(bad == 0, "all-bf16 (backend %d, %u threads): %zu elements differ from widen/step/round",
+                  backends[bi], threads, bad);
+            /* f32 master weights, bf16 gradients, a bf16 copy of the new params */
+            rc = rmsprop_step_mixed(ctx, &hp, NULL, M, p, RMSPROP_DTYPE_F32, g16, RMSPROP_DTYPE_BF16, v, NULL, NULL,
+                                    RMSPROP_DTYPE_F32, copy, RMSPROP_DTYPE_BF16);
+            CHECK(rc == RMSPROP_OK, "mixed master: %d %s", rc, msg(ctx));
+            bad = 0;
+            for (size_t i = 0; i < M; i++)
+                bad += memcmp(&p[i], &pe[i], 4) != 0 || memcmp(&v[i], &ve[i], 4) != 0 || copy[i] != f32_to_bf16(pe[i]);
+            CHECK(bad == 0, "master + copy (backend %d, %u threads): %zu elements differ", backends[bi], threads, bad);
+            /* an unknown dtype writes nothing */
+            float before = p[0];
+            rc = rmsprop_step_mixed(ctx, &hp, NULL, M, p, 7, g16, RMSPROP_DTYPE_BF16, v, NULL, NULL, RMSPROP_DTYPE_F32,
+                                    NULL, RMSPROP_DTYPE_NONE);
+            CHECK(rc == RMSPROP_ERROR_UNSUPPORTED_DTYPE && p[0] == before, "dtype 7: %d", rc);
+            rmsprop_context_free(serial);
+            rmsprop_context_free(ctx);
+        }
+    }
+}
+
 int main(int argc, char **argv) {
     if (argc != 2) {
         fprintf(stderr, "usage: %s GOLDEN_DIR < cases.txt\n", argv[0]);
@@ -707,6 +783,7 @@ int main(int argc, char **argv) {
     test_golden(argv[1], cases, count);
     for (size_t i = 0; i < count; i++) free(cases[i].lr);
     test_errors();
+    test_mixed();
     test_threads();
     test_fork();
     test_destructor();
