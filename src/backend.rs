@@ -121,6 +121,15 @@ impl Backend {
         Backend::avx512().unwrap_or_else(Backend::detect)
     }
 
+    /// The AVX-512 token, when this is the AVX-512 backend.
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    pub(crate) fn avx512_token(self) -> Option<pulp::x86::V4> {
+        match self.token {
+            Token::Avx512(simd) => Some(simd),
+            _ => None,
+        }
+    }
+
     /// The portable scalar implementation, available everywhere.
     pub fn scalar() -> Backend {
         Backend {

@@ -73,10 +73,25 @@ impl<'a, T: Element> Piece<T> for Buffers<'a, T> {
     }
 }
 
+/// How a pass walks its buffers: the loop around a rule's per-vector step. [`Buffers`] loads
+/// and stores vectors of the compute type (`drive`); `crate::mixed::MixedBuffers` widens 16-bit
+/// storage, pre-processes gradients and rounds results inside the same loop.
+pub(crate) trait Drive<T: Element> {
+    /// Runs `rule` over every element.
+    fn drive<S: Simd, R: VectorRule<S, T>>(self, simd: S, rule: &R);
+}
+
+impl<T: Element> Drive<T> for Buffers<'_, T> {
+    #[inline(always)]
+    fn drive<S: Simd, R: VectorRule<S, T>>(self, simd: S, rule: &R) {
+        drive(simd, self, rule)
+    }
+}
+
 /// One serial pass over `bufs` with coefficients `k`, as a pulp operation.
-pub(crate) struct Pass<'a, T> {
+pub(crate) struct Pass<T, B> {
     pub k: Coefficients<T>,
-    pub bufs: Buffers<'a, T>,
+    pub bufs: B,
 }
 
 /// Calls `$f::<$($ty),*, B1, B2, ...>($args)` with each runtime bool of `[$b1, $b2, ...]` turned
@@ -94,39 +109,49 @@ macro_rules! with_consts {
     };
 }
 
-impl<T: Element> WithSimd for Pass<'_, T> {
+impl<T: Element, B: Drive<T>> WithSimd for Pass<T, B> {
     type Output = ();
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, simd: S) {
         let Pass { k, bufs } = self;
         match k.rule {
-            Rule::PyTorch => with_consts!(
-                [] [k.centered, k.use_momentum, k.use_weight_decay, k.maximize]
-                run_pytorch::<S, T>(simd, &k, bufs)
-            ),
+            Rule::PyTorch => pytorch_pass(simd, &k, bufs),
             Rule::Optax {
                 eps_in_sqrt,
                 nesterov,
                 bias_correction,
             } => with_consts!(
                 [] [k.centered, k.use_momentum, nesterov, eps_in_sqrt, bias_correction]
-                run_optax::<S, T>(simd, &k, bufs)
+                run_optax::<S, T, B>(simd, &k, bufs)
             ),
             Rule::Keras => with_consts!(
                 [] [k.centered, k.use_momentum, k.use_weight_decay]
-                run_keras::<S, T>(simd, &k, bufs)
+                run_keras::<S, T, B>(simd, &k, bufs)
             ),
         }
     }
 }
 
+/// One serial pass of PyTorch's rule (whatever `k.rule` says), its switches made const.
+#[inline(always)]
+pub(crate) fn pytorch_pass<S: Simd, T: Element, B: Drive<T>>(
+    simd: S,
+    k: &Coefficients<T>,
+    bufs: B,
+) {
+    with_consts!(
+        [] [k.centered, k.use_momentum, k.use_weight_decay, k.maximize]
+        run_pytorch::<S, T, B>(simd, k, bufs)
+    )
+}
+
 /// `(param, square_avg, grad_avg, momentum_buffer)` after one vector step.
-type Updated<V> = (V, V, V, V);
+pub(crate) type Updated<V> = (V, V, V, V);
 
 /// A semantics' per-vector update, with its coefficients splatted once per pass. A trait method
 /// (not a closure) so that `#[inline(always)]` keeps it inside pulp's target-feature context.
-trait VectorRule<S: Simd, T: Element> {
+pub(crate) trait VectorRule<S: Simd, T: Element> {
     /// Reads and writes `grad_avg`.
     const GA: bool;
     /// Reads and writes `momentum_buffer`.
@@ -267,10 +292,18 @@ impl<S: Simd, T: Element, const C: bool, const M: bool, const W: bool, const X: 
 }
 
 #[inline(always)]
-fn run_pytorch<S: Simd, T: Element, const C: bool, const M: bool, const W: bool, const X: bool>(
+fn run_pytorch<
+    S: Simd,
+    T: Element,
+    B: Drive<T>,
+    const C: bool,
+    const M: bool,
+    const W: bool,
+    const X: bool,
+>(
     simd: S,
     k: &Coefficients<T>,
-    bufs: Buffers<'_, T>,
+    bufs: B,
 ) {
     let splat = |x: T| T::splat(simd, x);
     let rule = PyTorch::<T::Vector<S>, C, M, W, X> {
@@ -283,7 +316,7 @@ fn run_pytorch<S: Simd, T: Element, const C: bool, const M: bool, const W: bool,
         neg_lr: splat(k.neg_lr),
         lerp_from_end: k.lerp_from_end(),
     };
-    drive(simd, bufs, &rule);
+    bufs.drive(simd, &rule);
 }
 
 /// optax's step (see [`crate::reference`]), lane by lane.
@@ -364,6 +397,7 @@ impl<
 fn run_optax<
     S: Simd,
     T: Element,
+    B: Drive<T>,
     const C: bool,
     const M: bool,
     const N: bool,
@@ -372,7 +406,7 @@ fn run_optax<
 >(
     simd: S,
     k: &Coefficients<T>,
-    bufs: Buffers<'_, T>,
+    bufs: B,
 ) {
     let splat = |x: T| T::splat(simd, x);
     let rule = Optax::<T::Vector<S>, C, M, N, E, BC> {
@@ -384,7 +418,7 @@ fn run_optax<
         bc: splat(k.bias_correction),
         one: splat(T::one()),
     };
-    drive(simd, bufs, &rule);
+    bufs.drive(simd, &rule);
 }
 
 /// Keras 3's step (see [`crate::reference`]), lane by lane.
@@ -443,10 +477,10 @@ impl<S: Simd, T: Element, const C: bool, const M: bool, const W: bool> VectorRul
 }
 
 #[inline(always)]
-fn run_keras<S: Simd, T: Element, const C: bool, const M: bool, const W: bool>(
+fn run_keras<S: Simd, T: Element, B: Drive<T>, const C: bool, const M: bool, const W: bool>(
     simd: S,
     k: &Coefficients<T>,
-    bufs: Buffers<'_, T>,
+    bufs: B,
 ) {
     let splat = |x: T| T::splat(simd, x);
     let rule = Keras::<T::Vector<S>, C, M, W> {
@@ -457,5 +491,5 @@ fn run_keras<S: Simd, T: Element, const C: bool, const M: bool, const W: bool>(
         lr: splat(k.lr),
         wd: splat(k.weight_decay),
     };
-    drive(simd, bufs, &rule);
+    bufs.drive(simd, &rule);
 }

@@ -44,6 +44,7 @@
 mod backend;
 mod element;
 mod error;
+mod fused;
 mod grads;
 mod hyper;
 mod kernel;

@@ -47,7 +47,7 @@ impl<'a, T> Src<'a, T> {
 }
 
 impl<'a, T> Dst<'a, T> {
-    fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         match self {
             Dst::Native(s) => s.len(),
             Dst::Bf16(s) | Dst::F16(s) => s.len(),
@@ -175,7 +175,28 @@ impl<T: Element> Piece<T> for MixedBuffers<'_, T> {
     }
 
     fn run(self, backend: crate::Backend, k: Coefficients<T>) {
-        backend.vectorize(MixedPass { k, bufs: self });
+        // The random key covers 2^32 indices: a pass that crosses such a boundary is cut there.
+        let stochastic = matches!(self.prep.rounding, Rounding::Stochastic { .. });
+        let mut bufs = self;
+        loop {
+            let n = bufs.len() as u64;
+            let (this, rest) =
+                if stochastic && n > 0 && (bufs.offset >> 32) != ((bufs.offset + n - 1) >> 32) {
+                    let mid = ((1u64 << 32) - (bufs.offset & 0xFFFF_FFFF)) as usize;
+                    let (a, b) = bufs.split_at(mid);
+                    (a, Some(b))
+                } else {
+                    (bufs, None)
+                };
+            // The fused loop for the common shapes; the staged pass for everything else.
+            if let Err(this) = crate::fused::try_run(backend, k, this) {
+                backend.vectorize(MixedPass { k, bufs: this });
+            }
+            match rest {
+                Some(rest) => bufs = rest,
+                None => return,
+            }
+        }
     }
 }
 
@@ -201,10 +222,10 @@ impl<T: Element> WithSimd for MixedPass<'_, T> {
 const BLOCK: usize = 512;
 
 /// The widest vector of `u32` lanes (AVX-512).
-const MAX_LANES: usize = 16;
+pub(crate) const MAX_LANES: usize = 16;
 
 /// `0, 1, 2, ...`, the lane indices of a chunk.
-const IOTA: [u32; MAX_LANES] = {
+pub(crate) const IOTA: [u32; MAX_LANES] = {
     let mut a = [0u32; MAX_LANES];
     let mut i = 0;
     while i < MAX_LANES {
@@ -214,24 +235,10 @@ const IOTA: [u32; MAX_LANES] = {
     a
 };
 
+/// One staged pass within one 2^32-index key range (`run` cuts there).
 #[inline(always)]
 fn drive_mixed<S: Simd, T: Element>(simd: S, k: Coefficients<T>, bufs: MixedBuffers<'_, T>) {
-    // The random key covers 2^32 indices: a pass that crosses such a boundary is cut there
-    // (a loop, not recursion: a recursive function could not be inlined into pulp's
-    // target-feature context).
-    let stochastic = matches!(bufs.prep.rounding, Rounding::Stochastic { .. });
-    let mut bufs = bufs;
-    loop {
-        let n = bufs.len() as u64;
-        if stochastic && n > 0 && (bufs.offset >> 32) != ((bufs.offset + n - 1) >> 32) {
-            let mid = ((1u64 << 32) - (bufs.offset & 0xFFFF_FFFF)) as usize;
-            let (a, b) = bufs.split_at(mid);
-            segment(simd, k, a);
-            bufs = b;
-        } else {
-            return segment(simd, k, bufs);
-        }
-    }
+    segment(simd, k, bufs)
 }
 
 /// A buffer of the block being stepped: the caller's own slice when it is stored in the compute
@@ -537,14 +544,14 @@ impl<T: Element> WithSimd for Narrow<'_, T> {
 }
 
 #[inline(always)]
-fn store_native<S: Simd, T: Element>(v: T::Vector<S>, out: &mut [T]) {
+pub(crate) fn store_native<S: Simd, T: Element>(v: T::Vector<S>, out: &mut [T]) {
     bytemuck::cast_slice_mut::<T, u8>(out).copy_from_slice(bytemuck::bytes_of(&v));
 }
 
 /// `s` (one vector's worth of 16-bit values) zero-extended to `u32` lanes, in order: a loop of
 /// constant length (the lane count) that LLVM compiles to one `vpmovzxwd`.
 #[inline(always)]
-fn widen_u16<S: Simd>(s: &[u16]) -> S::u32s {
+pub(crate) fn widen_u16<S: Simd>(s: &[u16]) -> S::u32s {
     let n = core::mem::size_of::<S::u32s>() / 4;
     let s = &s[..n];
     let mut lanes = [0u32; MAX_LANES];
@@ -556,7 +563,7 @@ fn widen_u16<S: Simd>(s: &[u16]) -> S::u32s {
 
 /// The low 16 bits of each `u32` lane of `v`, in order, into `s` (one vector's worth).
 #[inline(always)]
-fn narrow_u16<S: Simd>(v: S::u32s, s: &mut [u16]) {
+pub(crate) fn narrow_u16<S: Simd>(v: S::u32s, s: &mut [u16]) {
     let n = core::mem::size_of::<S::u32s>() / 4;
     let s = &mut s[..n];
     let mut lanes = [0u32; MAX_LANES];
@@ -567,7 +574,7 @@ fn narrow_u16<S: Simd>(v: S::u32s, s: &mut [u16]) {
 }
 
 #[inline(always)]
-fn load_native<S: Simd, T: Element>(s: &[T]) -> T::Vector<S> {
+pub(crate) fn load_native<S: Simd, T: Element>(s: &[T]) -> T::Vector<S> {
     bytemuck::pod_read_unaligned(bytemuck::cast_slice(s))
 }
 
@@ -592,7 +599,7 @@ fn and<S: Simd>(simd: S, a: S::u32s, m: u32) -> S::u32s {
 
 /// `storage::lowbias32`, lane by lane.
 #[inline(always)]
-fn lowbias32<S: Simd>(simd: S, x: S::u32s) -> S::u32s {
+pub(crate) fn lowbias32<S: Simd>(simd: S, x: S::u32s) -> S::u32s {
     let x = simd.mul_u32s(simd.xor_u32s(x, shr(simd, x, 16)), k(simd, 0x7FEB_352D));
     let x = simd.mul_u32s(simd.xor_u32s(x, shr(simd, x, 15)), k(simd, 0x846C_A68B));
     simd.xor_u32s(x, shr(simd, x, 16))
@@ -600,13 +607,13 @@ fn lowbias32<S: Simd>(simd: S, x: S::u32s) -> S::u32s {
 
 /// bf16 bits (one per `u32` lane) to `f32`: exact.
 #[inline(always)]
-fn widen_bf16<S: Simd, T: Element>(simd: S, x: S::u32s) -> T::Vector<S> {
+pub(crate) fn widen_bf16<S: Simd, T: Element>(simd: S, x: S::u32s) -> T::Vector<S> {
     T::from_f32s::<S>(simd.transmute_f32s_u32s(shl(simd, x, 16)))
 }
 
 /// f16 bits (one per `u32` lane) to `f32`: exact.
 #[inline(always)]
-fn widen_f16<S: Simd, T: Element>(simd: S, x: S::u32s) -> T::Vector<S> {
+pub(crate) fn widen_f16<S: Simd, T: Element>(simd: S, x: S::u32s) -> T::Vector<S> {
     T::from_f32s::<S>(f16_to_f32(simd, x))
 }
 
@@ -638,7 +645,7 @@ fn f16_to_f32<S: Simd>(simd: S, h: S::u32s) -> S::f32s {
 
 /// `f32` to bf16, nearest-even (as `half::bf16::from_f32`, NaN made quiet with its payload).
 #[inline(always)]
-fn bf16_rne<S: Simd>(simd: S, x: S::f32s) -> S::u32s {
+pub(crate) fn bf16_rne<S: Simd>(simd: S, x: S::f32s) -> S::u32s {
     let u = simd.transmute_u32s_f32s(x);
     let a = and(simd, u, 0x7FFF_FFFF);
     let odd = and(simd, shr(simd, u, 16), 1);
@@ -653,7 +660,7 @@ fn bf16_rne<S: Simd>(simd: S, x: S::f32s) -> S::u32s {
 
 /// `storage::bf16_stochastic`, lane by lane.
 #[inline(always)]
-fn bf16_sr<S: Simd>(simd: S, x: S::f32s, r: S::u32s) -> S::u32s {
+pub(crate) fn bf16_sr<S: Simd>(simd: S, x: S::f32s, r: S::u32s) -> S::u32s {
     let u = simd.transmute_u32s_f32s(x);
     let a = and(simd, u, 0x7FFF_FFFF);
     let sr = shr(simd, simd.add_u32s(u, and(simd, r, 0xFFFF)), 16);
@@ -667,7 +674,7 @@ fn bf16_sr<S: Simd>(simd: S, x: S::f32s, r: S::u32s) -> S::u32s {
 /// `f32` to f16, nearest-even (ryg's `float_to_half_fast3_rtne`; NaN as F16C and `half` give
 /// it: quiet, the payload's upper bits kept).
 #[inline(always)]
-fn f16_rne<S: Simd>(simd: S, x: S::f32s) -> S::u32s {
+pub(crate) fn f16_rne<S: Simd>(simd: S, x: S::f32s) -> S::u32s {
     let u = simd.transmute_u32s_f32s(x);
     let sign = shr(simd, and(simd, u, 0x8000_0000), 16);
     let a = and(simd, u, 0x7FFF_FFFF);
@@ -707,7 +714,7 @@ fn f16_rne<S: Simd>(simd: S, x: S::f32s) -> S::u32s {
 
 /// `storage::f16_stochastic`, lane by lane.
 #[inline(always)]
-fn f16_sr<S: Simd>(simd: S, x: S::f32s, r: S::u32s) -> S::u32s {
+pub(crate) fn f16_sr<S: Simd>(simd: S, x: S::f32s, r: S::u32s) -> S::u32s {
     let u = simd.transmute_u32s_f32s(x);
     let sign = shr(simd, and(simd, u, 0x8000_0000), 16);
     let a = and(simd, u, 0x7FFF_FFFF);
