@@ -11,7 +11,12 @@ PyTorch's up to rounding (PyTorch's CPU ``sqrt`` is not correctly rounded), with
 project's golden rule.
 
 Tensors: CPU float32, float64, complex64, complex128 (complex as ``torch.view_as_real``, like
-torch). Non-contiguous tensors still step correctly: when a parameter, its gradient and its
+torch), bfloat16 and float16. 16-bit parameters keep 16-bit gradients and state (as torch does)
+but are computed in float32 with one rounding per stored result, not one per operation as
+torch's 16-bit arithmetic: more accurate than torch, so equal to torch's float32 step rounded to
+the parameter's dtype rather than to torch's bfloat16 step. ``stochastic_rounding=True``
+(keyword-only) rounds them stochastically, keyed by ``seed``, the step number and the element
+index, so small updates are not lost (see the project README's bf16 training example). Non-contiguous tensors still step correctly: when a parameter, its gradient and its
 state share one dense layout (channels-last, transposed) they are stepped in place through a
 flat view, at full speed; otherwise they go through contiguous copies (one extra copy of each
 non-contiguous buffer in and of each written one out: a few times the cost of a contiguous
@@ -29,7 +34,10 @@ from . import _native
 
 __all__ = ["RMSprop"]
 
-_DTYPES = (torch.float32, torch.float64, torch.complex64, torch.complex128)
+_DTYPES = (torch.float32, torch.float64, torch.complex64, torch.complex128, torch.bfloat16, torch.float16)
+# 16-bit parameters (with gradients and state of the same dtype, as torch keeps them) are
+# computed in float32: each value widened exactly, one float32 step, each result rounded once.
+_HALF = {torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 
 def _scalar_dtype():
@@ -77,6 +85,8 @@ class RMSprop(Optimizer):
         differentiable: bool = False,
         *,
         num_threads: int | None = None,
+        stochastic_rounding: bool = False,
+        seed: int = 0,
     ) -> None:
         if isinstance(lr, Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
@@ -93,6 +103,8 @@ class RMSprop(Optimizer):
         if num_threads is not None and num_threads < 1:
             raise ValueError(f"Invalid num_threads value: {num_threads}")
         self.num_threads = num_threads
+        self.stochastic_rounding = bool(stochastic_rounding)
+        self.seed = int(seed)
         defaults = {
             "lr": lr,
             "momentum": momentum,
@@ -115,6 +127,8 @@ class RMSprop(Optimizer):
         state.pop("_view_cache", None)
         super().__setstate__(state)
         self.__dict__.setdefault("num_threads", None)
+        self.__dict__.setdefault("stochastic_rounding", False)
+        self.__dict__.setdefault("seed", 0)
         for group in self.param_groups:
             group.setdefault("momentum", 0)
             group.setdefault("centered", False)
@@ -176,8 +190,9 @@ class RMSprop(Optimizer):
                     )
                 if t.dtype not in _DTYPES:
                     raise TypeError(
-                        f"rmsprop_simd.torch.RMSprop steps float32, float64, complex64 and "
-                        f"complex128 tensors; the {what} {i} of param_groups[{g}] is {t.dtype}"
+                        f"rmsprop_simd.torch.RMSprop steps float32, float64, complex64, "
+                        f"complex128, bfloat16 and float16 tensors; the {what} {i} of "
+                        f"param_groups[{g}] is {t.dtype}"
                     )
                 if t.layout != torch.strided:
                     raise RuntimeError(f"the {what} {i} of param_groups[{g}] has layout {t.layout}")
@@ -196,7 +211,7 @@ class RMSprop(Optimizer):
             with_grad.append(p)
         # the values themselves, as the kernel will check them for this dtype
         for dtype in {p.dtype for p in with_grad}:
-            real = "float32" if dtype in (torch.float32, torch.complex64) else "float64"
+            real = "float64" if dtype in (torch.float64, torch.complex128) else "float32"
             try:
                 _native.check_hyperparameters(
                     real, lr=float(lr), alpha=float(group["alpha"]), eps=float(group["eps"]),
@@ -269,6 +284,9 @@ class RMSprop(Optimizer):
                     state[n] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 fresh.append((p, state))
             steps.append(state["step"])
+            if p.dtype in _HALF:
+                self._step_half(group, p, state, names, lr, threads)
+                continue
             g = _real(p.grad)
             cached = self._views(p, state, names)
             grad_view = _flat(g) if cached is not None and g.stride() == cached[1] else None
@@ -287,6 +305,39 @@ class RMSprop(Optimizer):
                     copy_back.append((t, c))
                 columns[k].append(c.numpy())
         by_name = dict(zip(names, columns[2:]))
+        if columns[0]:
+            self._step_many(group, columns, by_name, lr, centered, threads)
+        for dst, src in copy_back:
+            dst.copy_(src.view(dst.shape))
+        torch._foreach_add_(steps, 1)  # every step count at once, as torch's foreach path does
+        for p, state in fresh:
+            self.state[p] = state
+
+    def _step_half(self, group, p, state, names, lr, threads: int) -> None:
+        """One bfloat16 / float16 tensor: its bits as int16 numpy arrays (through contiguous
+        copies when a tensor is not contiguous), one fused float32 step, results rounded."""
+        tensors = [p.detach(), p.grad] + [state[n] for n in names]
+        arrays, copy_back = [], []
+        for k, t in enumerate(tensors):
+            c = t.contiguous()
+            if k != 1 and c.data_ptr() != t.data_ptr():
+                copy_back.append((t, c))
+            arrays.append(c.view(-1).view(torch.int16).numpy())
+        by_name = dict(zip(names, arrays[2:]))
+        dtype = _HALF[p.dtype]
+        _native.step_mixed(
+            arrays[0], arrays[1], by_name["square_avg"], by_name.get("grad_avg"),
+            by_name.get("momentum_buffer"), params_dtype=dtype, grads_dtype=dtype, state_dtype=dtype,
+            lr=float(lr), alpha=float(group["alpha"]), eps=float(group["eps"]),
+            weight_decay=float(group["weight_decay"]), momentum=float(group["momentum"]),
+            centered=bool(group["centered"]), maximize=bool(group["maximize"]),
+            rounding="stochastic" if self.stochastic_rounding else "nearest",
+            seed=self.seed, step=int(state["step"].item()), num_threads=threads,
+        )
+        for dst, src in copy_back:
+            dst.copy_(src)
+
+    def _step_many(self, group, columns, by_name, lr, centered, threads: int) -> None:
         _native.step_many(
             columns[0], columns[1], by_name["square_avg"],
             by_name.get("grad_avg"), by_name.get("momentum_buffer"),
@@ -294,8 +345,3 @@ class RMSprop(Optimizer):
             weight_decay=float(group["weight_decay"]), momentum=float(group["momentum"]),
             centered=centered, maximize=bool(group["maximize"]), num_threads=threads,
         )
-        for dst, src in copy_back:
-            dst.copy_(src.view(dst.shape))
-        torch._foreach_add_(steps, 1)  # every step count at once, as torch's foreach path does
-        for p, state in fresh:
-            self.state[p] = state

@@ -16,8 +16,8 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyList;
 use rmsprop_simd::{
-    run_in_pool, Element, Hyperparameters, KerasOptions, Kernel, OptaxOptions, Semantics, State,
-    TensorStep, Threading,
+    bf16, f16, run_in_pool, Element, Hyperparameters, KerasOptions, Kernel, OptaxOptions,
+    ParamsCopy, Rounding, Semantics, State, StepOptions, Storage, TensorStep, Threading,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -534,10 +534,274 @@ fn parallel_min_len() -> usize {
     Kernel::new().parallel_min_len()
 }
 
+// ---------------------------------------------------------------- 16-bit storage
+
+/// A storage dtype of `step_mixed`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Dtype {
+    F32,
+    Bf16,
+    F16,
+}
+
+fn dtype_of(name: &str, what: &str) -> PyResult<Dtype> {
+    match name {
+        "float32" => Ok(Dtype::F32),
+        "bfloat16" => Ok(Dtype::Bf16),
+        "float16" => Ok(Dtype::F16),
+        other => Err(PyTypeError::new_err(format!(
+            "{what} must be \"float32\", \"bfloat16\" or \"float16\", got {other:?}"
+        ))),
+    }
+}
+
+/// A writable array of `step_mixed`: float32 values, or 16-bit float bits as uint16 / int16.
+enum Rw<'py> {
+    F32(PyReadwriteArrayDyn<'py, f32>),
+    U16(PyReadwriteArrayDyn<'py, u16>),
+    I16(PyReadwriteArrayDyn<'py, i16>),
+}
+
+/// A read-only array of `step_mixed`.
+enum Ro<'py> {
+    F32(PyReadonlyArrayDyn<'py, f32>),
+    U16(PyReadonlyArrayDyn<'py, u16>),
+    I16(PyReadonlyArrayDyn<'py, i16>),
+}
+
+const BITS: &str = "uint16 or int16 (the bits of a 16-bit float)";
+
+fn rw<'py>(obj: &Bound<'py, PyAny>, name: &str, dtype: Dtype) -> PyResult<Rw<'py>> {
+    Ok(match dtype {
+        Dtype::F32 => Rw::F32(writable::<f32>(obj, name, "float32")?),
+        _ if obj.cast::<PyArrayDyn<i16>>().is_ok() => Rw::I16(writable::<i16>(obj, name, BITS)?),
+        _ => Rw::U16(writable::<u16>(obj, name, BITS)?),
+    })
+}
+
+fn ro<'py>(obj: &Bound<'py, PyAny>, name: &str, dtype: Dtype) -> PyResult<Ro<'py>> {
+    Ok(match dtype {
+        Dtype::F32 => Ro::F32(readonly::<f32>(obj, name, "float32")?),
+        _ if obj.cast::<PyArrayDyn<i16>>().is_ok() => Ro::I16(readonly::<i16>(obj, name, BITS)?),
+        _ => Ro::U16(readonly::<u16>(obj, name, BITS)?),
+    })
+}
+
+fn contiguous<E>(_: E) -> PyErr {
+    PyValueError::new_err("arrays must be C-contiguous")
+}
+
+/// A storage type's slice of an array (checked against its dtype before).
+trait FromArray: Storage<Compute = f32> + bytemuck::Pod {
+    fn slice_mut<'a>(a: &'a mut Rw<'_>) -> PyResult<&'a mut [Self]> {
+        match a {
+            Rw::F32(a) => bytemuck::try_cast_slice_mut(a.as_slice_mut().map_err(contiguous)?),
+            Rw::U16(a) => bytemuck::try_cast_slice_mut(a.as_slice_mut().map_err(contiguous)?),
+            Rw::I16(a) => bytemuck::try_cast_slice_mut(a.as_slice_mut().map_err(contiguous)?),
+        }
+        .map_err(|_| PyTypeError::new_err("an array's dtype does not match its declared dtype"))
+    }
+
+    fn slice<'a>(a: &'a Ro<'_>) -> PyResult<&'a [Self]> {
+        match a {
+            Ro::F32(a) => bytemuck::try_cast_slice(a.as_slice().map_err(contiguous)?),
+            Ro::U16(a) => bytemuck::try_cast_slice(a.as_slice().map_err(contiguous)?),
+            Ro::I16(a) => bytemuck::try_cast_slice(a.as_slice().map_err(contiguous)?),
+        }
+        .map_err(|_| PyTypeError::new_err("an array's dtype does not match its declared dtype"))
+    }
+}
+
+impl FromArray for f32 {}
+impl FromArray for bf16 {}
+impl FromArray for f16 {}
+
+/// The borrowed arrays of one mixed step.
+struct Mixed<'py> {
+    params: Rw<'py>,
+    grads: Ro<'py>,
+    square_avg: Rw<'py>,
+    grad_avg: Option<Rw<'py>>,
+    momentum_buffer: Option<Rw<'py>>,
+    copy: Option<(Rw<'py>, Dtype)>,
+}
+
+fn run_mixed<P: FromArray, G: FromArray, S: FromArray>(
+    py: Python<'_>,
+    m: &mut Mixed<'_>,
+    hp: &Hyperparameters,
+    options: &StepOptions,
+    threads: usize,
+) -> PyResult<()> {
+    let params = P::slice_mut(&mut m.params)?;
+    let grads = G::slice(&m.grads)?;
+    let mut state = State::new(S::slice_mut(&mut m.square_avg)?);
+    if let Some(a) = m.grad_avg.as_mut() {
+        state = state.with_grad_avg(S::slice_mut(a)?);
+    }
+    if let Some(a) = m.momentum_buffer.as_mut() {
+        state = state.with_momentum_buffer(S::slice_mut(a)?);
+    }
+    let copy = match m.copy.as_mut() {
+        None => None,
+        Some((a, Dtype::Bf16)) => Some(ParamsCopy::Bf16(bf16::slice_mut(a)?)),
+        Some((a, _)) => Some(ParamsCopy::F16(f16::slice_mut(a)?)),
+    };
+    let kernel = Kernel::new();
+    let len = params.len();
+    let result = if threads <= 1 || len < kernel.parallel_min_len() {
+        py.detach(|| {
+            kernel
+                .with_threading(Threading::Serial)
+                .step_with(hp, options, params, grads, state, copy)
+        })
+    } else {
+        let pool = pool(threads)?;
+        py.detach(|| {
+            run_in_pool(&pool, || {
+                kernel
+                    .with_threading(Threading::Parallel)
+                    .step_with(hp, options, params, grads, state, copy)
+            })
+        })
+    };
+    result.map_err(|e| PyValueError::new_err(e.to_string()))
+}
+
+/// One RMSprop step (PyTorch's arithmetic) on arrays stored as float32, bfloat16 or float16,
+/// computed in float32, in place: each stored value widened exactly, the float32 step, each
+/// result rounded back to its storage (nearest-even, or stochastically with
+/// `rounding="stochastic"`, keyed by `seed`, `step` and the element index).
+///
+/// 16-bit arrays hold the bits (numpy uint16 or int16: `tensor.view(torch.int16).numpy()`);
+/// `params_dtype`, `grads_dtype` and `state_dtype` ("float32", "bfloat16", "float16") say what
+/// they are, in any mix (f32 master weights with bfloat16 gradients, bfloat16 everything...).
+/// `params_copy` (with `copy_dtype` "bfloat16" or "float16") receives the new params rounded to
+/// nearest-even. Gradient pre-processing fused into the pass: divided by `grad_scale`, clamped
+/// to `[-clip_value, clip_value]`, multiplied by `grad_multiplier`. Bad input raises and
+/// writes nothing.
+#[pyfunction]
+#[pyo3(signature = (params, grads, square_avg, grad_avg=None, momentum_buffer=None, params_copy=None, *, params_dtype, grads_dtype, state_dtype, copy_dtype=None, lr, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=false, maximize=false, grad_scale=1.0, clip_value=None, grad_multiplier=1.0, rounding="nearest", seed=0, step=0, num_threads=None))]
+#[allow(clippy::too_many_arguments)]
+fn step_mixed<'py>(
+    py: Python<'py>,
+    params: Bound<'py, PyAny>,
+    grads: Bound<'py, PyAny>,
+    square_avg: Bound<'py, PyAny>,
+    grad_avg: Option<Bound<'py, PyAny>>,
+    momentum_buffer: Option<Bound<'py, PyAny>>,
+    params_copy: Option<Bound<'py, PyAny>>,
+    params_dtype: &str,
+    grads_dtype: &str,
+    state_dtype: &str,
+    copy_dtype: Option<&str>,
+    lr: f64,
+    alpha: f64,
+    eps: f64,
+    weight_decay: f64,
+    momentum: f64,
+    centered: bool,
+    maximize: bool,
+    grad_scale: f64,
+    clip_value: Option<f64>,
+    grad_multiplier: f64,
+    rounding: &str,
+    seed: u64,
+    step: u64,
+    num_threads: Option<usize>,
+) -> PyResult<()> {
+    let (pd, gd, sd) = (
+        dtype_of(params_dtype, "params_dtype")?,
+        dtype_of(grads_dtype, "grads_dtype")?,
+        dtype_of(state_dtype, "state_dtype")?,
+    );
+    let rounding = match rounding {
+        "nearest" => Rounding::NearestEven,
+        "stochastic" => Rounding::Stochastic { seed, step },
+        other => {
+            return Err(PyValueError::new_err(format!(
+                "rounding must be \"nearest\" or \"stochastic\", got {other:?}"
+            )))
+        }
+    };
+    let options = StepOptions {
+        grad_scale,
+        clip_value,
+        grad_multiplier,
+        rounding,
+    };
+    let hp = Hyperparameters {
+        lr,
+        alpha,
+        eps,
+        weight_decay,
+        momentum,
+        centered,
+        maximize,
+        ..Default::default()
+    };
+    let threads = threads_or_default(num_threads)?;
+    let copy = match (params_copy.filter(|c| !c.is_none()), copy_dtype) {
+        (None, None) => None,
+        (Some(c), Some(d)) => {
+            let d = dtype_of(d, "copy_dtype")?;
+            if d == Dtype::F32 {
+                return Err(PyTypeError::new_err(
+                    "copy_dtype must be \"bfloat16\" or \"float16\"",
+                ));
+            }
+            Some((rw(&c, "params_copy", d)?, d))
+        }
+        _ => {
+            return Err(PyValueError::new_err(
+                "params_copy and copy_dtype are given together or not at all",
+            ))
+        }
+    };
+    let optional = |a: Option<Bound<'py, PyAny>>, name: &str| {
+        a.filter(|a| !a.is_none())
+            .map(|a| rw(&a, name, sd))
+            .transpose()
+    };
+    let mut m = Mixed {
+        params: rw(&params, "params", pd)?,
+        grads: ro(&grads, "grads", gd)?,
+        square_avg: rw(&square_avg, "square_avg", sd)?,
+        grad_avg: optional(grad_avg, "grad_avg")?,
+        momentum_buffer: optional(momentum_buffer, "momentum_buffer")?,
+        copy,
+    };
+    macro_rules! typed {
+        ($p:ty, $g:ty, $s:ty) => {
+            run_mixed::<$p, $g, $s>(py, &mut m, &hp, &options, threads)
+        };
+        ($p:ty, $g:ty) => {
+            match sd {
+                Dtype::F32 => typed!($p, $g, f32),
+                Dtype::Bf16 => typed!($p, $g, bf16),
+                Dtype::F16 => typed!($p, $g, f16),
+            }
+        };
+        ($p:ty) => {
+            match gd {
+                Dtype::F32 => typed!($p, f32),
+                Dtype::Bf16 => typed!($p, bf16),
+                Dtype::F16 => typed!($p, f16),
+            }
+        };
+    }
+    match pd {
+        Dtype::F32 => typed!(f32),
+        Dtype::Bf16 => typed!(bf16),
+        Dtype::F16 => typed!(f16),
+    }
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(step, m)?)?;
     m.add_function(wrap_pyfunction!(step_many, m)?)?;
+    m.add_function(wrap_pyfunction!(step_mixed, m)?)?;
     m.add_function(wrap_pyfunction!(backend, m)?)?;
     m.add_function(wrap_pyfunction!(check_hyperparameters, m)?)?;
     m.add_function(wrap_pyfunction!(parallel_min_len, m)?)?;
