@@ -324,6 +324,15 @@ impl Kernel {
         self.mixed_backend
     }
 
+    /// The same kernel with [`Kernel::mixed_backend`] for every pass (for passes with a 16-bit
+    /// buffer).
+    pub(crate) fn with_backend_for_mixed(self) -> Kernel {
+        Kernel {
+            backend: self.mixed_backend,
+            ..self
+        }
+    }
+
     /// The threading policy.
     pub fn threading(&self) -> Threading {
         self.threading
@@ -440,10 +449,7 @@ impl Kernel {
             let kernel = if native && params_copy_absent {
                 *self
             } else {
-                Kernel {
-                    backend: self.mixed_backend,
-                    ..*self
-                }
+                self.with_backend_for_mixed()
             };
             threading::run_one(&kernel, k, bufs);
         }

@@ -2,7 +2,10 @@
 //! parallel dispatch over every tensor, and PyTorch-compatible state in safetensors.
 
 use crate::kernel::Buffers;
-use crate::{Buffer, Coefficients, Element, Error, Hyperparameters, Kernel};
+use crate::mixed::MixedBuffers;
+use crate::{
+    Buffer, Coefficients, Element, Error, Hyperparameters, Kernel, Rounding, StepOptions, Storage,
+};
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -95,6 +98,8 @@ pub enum OptimizerError {
     },
     /// The parameter groups do not assign every tensor to exactly one group.
     InvalidGroups(String),
+    /// The [`StepOptions`] of [`RmsProp::step_with`] are invalid.
+    InvalidOptions(Error),
     /// A state file or `param_groups` JSON cannot be used: the variant says why.
     #[cfg(feature = "safetensors")]
     StateFile(StateFileError),
@@ -119,6 +124,7 @@ impl fmt::Display for OptimizerError {
                 "tensor {tensor}: shape {shape:?} has more elements than usize can count"
             ),
             OptimizerError::InvalidGroups(why) => write!(f, "invalid parameter groups: {why}"),
+            OptimizerError::InvalidOptions(error) => write!(f, "step options: {error}"),
             #[cfg(feature = "safetensors")]
             OptimizerError::StateFile(why) => write!(f, "unusable optimizer state: {why}"),
         }
@@ -128,7 +134,8 @@ impl fmt::Display for OptimizerError {
 impl std::error::Error for OptimizerError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            OptimizerError::InvalidHyperparameter { error, .. } => Some(error),
+            OptimizerError::InvalidHyperparameter { error, .. }
+            | OptimizerError::InvalidOptions(error) => Some(error),
             #[cfg(feature = "safetensors")]
             OptimizerError::StateFile(e) => Some(e),
             _ => None,
@@ -229,7 +236,7 @@ fn coefficients<T: Element>(groups: &[ParamGroup]) -> Result<Vec<Coefficients<T>
         .collect()
 }
 
-impl<T: Element> RmsProp<T> {
+impl<T: Storage> RmsProp<T> {
     /// One group holding every tensor.
     ///
     /// # Errors
@@ -253,7 +260,7 @@ impl<T: Element> RmsProp<T> {
     ) -> Result<Self, OptimizerError> {
         let lens = element_counts(&shapes)?;
         let group_of = check_groups(shapes.len(), &groups)?;
-        coefficients::<T>(&groups)?;
+        coefficients::<T::Compute>(&groups)?;
         let state = vec![None; shapes.len()];
         Ok(RmsProp {
             shapes,
@@ -314,6 +321,10 @@ impl<T: Element> RmsProp<T> {
     /// batched) on the caller's current rayon pool; the result is bit-identical to stepping each
     /// tensor alone with [`Kernel::step`].
     ///
+    /// Parameters and gradients here are stored as the state is; [`RmsProp::step_with`] takes
+    /// them in any [`Storage`] of the same compute type (`f32` master weights with `bf16`
+    /// gradients...).
+    ///
     /// # Errors
     /// [`OptimizerError::TensorCount`], [`OptimizerError::ShapeChanged`] or
     /// [`OptimizerError::InvalidHyperparameter`]; all checked before anything is written.
@@ -322,6 +333,40 @@ impl<T: Element> RmsProp<T> {
         params: &mut [&mut [T]],
         grads: &[Option<&[T]>],
     ) -> Result<(), OptimizerError> {
+        self.step_with(params, grads, &StepOptions::default())
+    }
+
+    /// [`RmsProp::step`] with gradient pre-processing and rounding ([`StepOptions`]: loss-scale
+    /// division, clamping, a multiplier such as [`crate::clip_coefficient`]'s; nearest-even or
+    /// stochastic rounding of 16-bit params and state), fused into the same pass as
+    /// [`Kernel::step_with`] does. Under [`Rounding::Stochastic`] `{ seed, .. }` each tensor
+    /// draws its own bits: its own step count replaces `step`, and its index is mixed into the
+    /// seed, so no two tensors or steps share a stream.
+    ///
+    /// ```
+    /// use rmsprop_simd::{bf16, Hyperparameters, RmsProp, Rounding, StepOptions};
+    /// // bf16 parameters, gradients and state, stochastic rounding
+    /// let mut opt = RmsProp::<bf16>::new(vec![vec![4]], Hyperparameters::default())?;
+    /// let mut w = vec![bf16::ONE; 4];
+    /// let g = vec![bf16::from_f32(0.5); 4];
+    /// let sr = StepOptions { rounding: Rounding::Stochastic { seed: 7, step: 0 }, ..Default::default() };
+    /// opt.step_with(&mut [&mut w], &[Some(&g)], &sr)?;
+    /// assert!(w[0] < bf16::ONE);
+    /// # Ok::<(), rmsprop_simd::OptimizerError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`RmsProp::step`], and [`OptimizerError::InvalidOptions`] for invalid options.
+    pub fn step_with<P, G>(
+        &mut self,
+        params: &mut [&mut [P]],
+        grads: &[Option<&[G]>],
+        options: &StepOptions,
+    ) -> Result<(), OptimizerError>
+    where
+        P: Storage<Compute = T::Compute>,
+        G: Storage<Compute = T::Compute>,
+    {
         let n = self.len();
         for (what, actual) in [("params", params.len()), ("grads", grads.len())] {
             if actual != n {
@@ -332,7 +377,9 @@ impl<T: Element> RmsProp<T> {
                 });
             }
         }
-        coefficients::<T>(&self.groups)?;
+        coefficients::<T::Compute>(&self.groups)?;
+        let prep =
+            crate::prep_for::<T::Compute>(options).map_err(OptimizerError::InvalidOptions)?;
         // The coefficients of each tensor with a gradient: its group's, with the number of
         // this step (optax's bias correction reads it). All checked before anything is written.
         let mut coeffs = Vec::new();
@@ -361,7 +408,13 @@ impl<T: Element> RmsProp<T> {
             }
         }
         // Everything is valid: from here on nothing can fail.
-        let mut pieces = Vec::new();
+        let compute = <T::Compute as Storage>::FORMAT;
+        let plain = P::FORMAT == compute
+            && G::FORMAT == compute
+            && T::FORMAT == compute
+            && options.is_plain_gradient();
+        let mut plain_pieces = Vec::new();
+        let mut mixed_pieces = Vec::new();
         for (i, ((p, g), state)) in params
             .iter_mut()
             .zip(grads)
@@ -375,7 +428,12 @@ impl<T: Element> RmsProp<T> {
             let len = self.lens[i];
             let st = state.get_or_insert_with(|| TensorState {
                 step: 0,
-                square_avg: vec![T::from_f64(hp.initial_square_avg()); len],
+                square_avg: vec![
+                    T::round(<T::Compute as Element>::from_f64(
+                        hp.initial_square_avg()
+                    ));
+                    len
+                ],
                 grad_avg: None,
                 momentum_buffer: None,
             });
@@ -396,17 +454,49 @@ impl<T: Element> RmsProp<T> {
             } else {
                 &mut []
             };
-            let bufs = Buffers {
-                params: &mut p[..],
-                grads: g,
-                square_avg: &mut st.square_avg,
-                grad_avg,
-                momentum_buffer,
-            };
             // piece k uses coeffs[k]: one per tensor with a gradient, in order
-            pieces.push((pieces.len(), bufs));
+            let k = plain_pieces.len() + mixed_pieces.len();
+            if plain {
+                let bufs = Buffers {
+                    params: bytemuck::cast_slice_mut(&mut p[..]),
+                    grads: bytemuck::cast_slice(g),
+                    square_avg: bytemuck::cast_slice_mut(&mut st.square_avg),
+                    grad_avg: bytemuck::cast_slice_mut(grad_avg),
+                    momentum_buffer: bytemuck::cast_slice_mut(momentum_buffer),
+                };
+                plain_pieces.push((k, bufs));
+            } else {
+                let mut prep = prep;
+                if let Rounding::Stochastic { seed, .. } = options.rounding {
+                    prep.rounding = Rounding::Stochastic {
+                        seed: seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                        step: st.step,
+                    };
+                }
+                let bufs = MixedBuffers {
+                    params: crate::dst(&mut p[..]),
+                    grads: crate::src(g),
+                    square_avg: crate::dst(&mut st.square_avg),
+                    grad_avg: centered.then(|| crate::dst(grad_avg)),
+                    momentum_buffer: momentum.then(|| crate::dst(momentum_buffer)),
+                    copy: None,
+                    prep,
+                    offset: 0,
+                };
+                mixed_pieces.push((k, bufs));
+            }
         }
-        crate::threading::run_many(&self.kernel, &coeffs, pieces);
+        if plain {
+            crate::threading::run_many(&self.kernel, &coeffs, plain_pieces);
+        } else {
+            let sixteen = T::FORMAT.is_16_bit() || P::FORMAT.is_16_bit() || G::FORMAT.is_16_bit();
+            let kernel = if sixteen {
+                self.kernel.with_backend_for_mixed()
+            } else {
+                self.kernel
+            };
+            crate::threading::run_many(&kernel, &coeffs, mixed_pieces);
+        }
         Ok(())
     }
 }

@@ -789,3 +789,184 @@ fn complex_tensors_step_as_interleaved_reals() {
     }
     assert_eq!(bits(view_as_real(&z)), bits(&reals));
 }
+
+/// `RmsProp` over 16-bit storage: bf16 params, gradients and state (nearest-even and
+/// stochastic), and f32 master weights with bf16 gradients, equal `Kernel::step_with` per tensor
+/// bit for bit over several steps with missing gradients, serial and parallel; the state saves
+/// as BF16 safetensors, loads back to the same trajectory, and is refused by an f32 optimizer.
+#[test]
+fn sixteen_bit_state_and_gradients() {
+    use rmsprop_simd::{bf16, Rounding, State, StepOptions};
+    let (shapes, groups) = model();
+    let n = shapes.len();
+    let lens: Vec<usize> = shapes.iter().map(|s| s.iter().product()).collect();
+    let to16 = |v: Vec<f32>| v.into_iter().map(bf16::from_f32).collect::<Vec<bf16>>();
+    for rounding in [
+        Rounding::NearestEven,
+        Rounding::Stochastic { seed: 11, step: 0 },
+    ] {
+        let options = StepOptions {
+            rounding,
+            ..StepOptions::default()
+        };
+        for kernel in [
+            Kernel::new().with_threading(Threading::Serial),
+            Kernel::new()
+                .with_threading(Threading::Parallel)
+                .with_parallel_min_len(1024),
+        ] {
+            let mut opt = RmsProp::<bf16>::with_groups(shapes.clone(), groups.clone())
+                .unwrap()
+                .with_kernel(kernel);
+            let mut params: Vec<Vec<bf16>> = (0..n)
+                .map(|i| to16(values(lens[i], 7 + i as u64)))
+                .collect();
+            // the per-tensor reference: (params, square_avg, grad_avg, momentum_buffer, step)
+            type Reference = (Vec<bf16>, Vec<bf16>, Vec<bf16>, Vec<bf16>, u64);
+            let mut refs: Vec<Reference> = params
+                .iter()
+                .map(|p| {
+                    let z = vec![bf16::ZERO; p.len()];
+                    (p.clone(), z.clone(), z.clone(), z, 0)
+                })
+                .collect();
+            for s in 0..4u64 {
+                let grads: Vec<Option<Vec<bf16>>> = (0..n)
+                    .map(|i| {
+                        ((s + i as u64) % 4 != 3).then(|| to16(values(lens[i], s * 100 + i as u64)))
+                    })
+                    .collect();
+                let g: Vec<Option<&[bf16]>> = grads.iter().map(|g| g.as_deref()).collect();
+                let mut p: Vec<&mut [bf16]> = params.iter_mut().map(|p| &mut p[..]).collect();
+                opt.step_with(&mut p, &g, &options).unwrap();
+                for (i, r) in refs.iter_mut().enumerate() {
+                    let Some(g) = &grads[i] else { continue };
+                    let group = groups.iter().find(|gr| gr.params.contains(&i)).unwrap();
+                    let hp = group.hyperparameters;
+                    let (centered, momentum) = hp.uses_state();
+                    r.4 += 1;
+                    let o = StepOptions {
+                        rounding: match rounding {
+                            Rounding::Stochastic { seed, .. } => Rounding::Stochastic {
+                                seed: seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                                step: r.4,
+                            },
+                            r => r,
+                        },
+                        ..StepOptions::default()
+                    };
+                    let mut st = State::new(&mut r.1[..]);
+                    if centered {
+                        st = st.with_grad_avg(&mut r.2[..]);
+                    }
+                    if momentum {
+                        st = st.with_momentum_buffer(&mut r.3[..]);
+                    }
+                    Kernel::new()
+                        .with_backend(Backend::scalar())
+                        .step_with(
+                            &Hyperparameters { step: r.4, ..hp },
+                            &o,
+                            &mut r.0,
+                            g,
+                            st,
+                            None,
+                        )
+                        .unwrap();
+                }
+            }
+            let b16 = |v: &[bf16]| v.iter().map(|x| x.to_bits()).collect::<Vec<u16>>();
+            for (i, r) in refs.iter().enumerate() {
+                assert_eq!(b16(&params[i]), b16(&r.0), "params {i} ({rounding:?})");
+                let st = opt.state(i).unwrap();
+                assert_eq!(st.step, r.4);
+                assert_eq!(b16(&st.square_avg), b16(&r.1), "square_avg {i}");
+                if let Some(ga) = &st.grad_avg {
+                    assert_eq!(b16(ga), b16(&r.2), "grad_avg {i}");
+                }
+                if let Some(b) = &st.momentum_buffer {
+                    assert_eq!(b16(b), b16(&r.3), "momentum_buffer {i}");
+                }
+            }
+            // BF16 in the file; a round trip continues identically; f32 refuses it
+            let file = opt.save_state().unwrap();
+            let st = SafeTensors::deserialize(&file).unwrap();
+            assert_eq!(
+                st.tensor("state.0.square_avg").unwrap().dtype(),
+                safetensors::Dtype::BF16
+            );
+            let mut resumed = RmsProp::<bf16>::from_state(shapes.clone(), &file, None)
+                .unwrap()
+                .with_kernel(kernel);
+            let mut p1 = params.clone();
+            let mut p2 = params.clone();
+            let g: Vec<Vec<bf16>> = (0..n)
+                .map(|i| to16(values(lens[i], 999 + i as u64)))
+                .collect();
+            let gs: Vec<Option<&[bf16]>> = g.iter().map(|g| Some(&g[..])).collect();
+            opt.step_with(
+                &mut p1.iter_mut().map(|p| &mut p[..]).collect::<Vec<_>>(),
+                &gs,
+                &options,
+            )
+            .unwrap();
+            resumed
+                .step_with(
+                    &mut p2.iter_mut().map(|p| &mut p[..]).collect::<Vec<_>>(),
+                    &gs,
+                    &options,
+                )
+                .unwrap();
+            assert_eq!(p1, p2);
+            assert!(matches!(
+                RmsProp::<f32>::from_state(shapes.clone(), &file, None),
+                Err(OptimizerError::StateFile(StateFileError::WrongDtype { .. }))
+            ));
+        }
+    }
+    // f32 master weights and state, bf16 gradients: as the f32 step on the widened gradients
+    let mut opt = RmsProp::<f32>::with_groups(shapes.clone(), groups.clone()).unwrap();
+    let mut twin = RmsProp::<f32>::with_groups(shapes.clone(), groups.clone()).unwrap();
+    let mut p1: Vec<Vec<f32>> = (0..n).map(|i| values(lens[i], 3 + i as u64)).collect();
+    let mut p2 = p1.clone();
+    for s in 0..3u64 {
+        let g16: Vec<Vec<bf16>> = (0..n)
+            .map(|i| to16(values(lens[i], s + 50 * i as u64)))
+            .collect();
+        let g32: Vec<Vec<f32>> = g16
+            .iter()
+            .map(|g| g.iter().map(|x| x.to_f32()).collect())
+            .collect();
+        let a: Vec<Option<&[bf16]>> = g16.iter().map(|g| Some(&g[..])).collect();
+        let b: Vec<Option<&[f32]>> = g32.iter().map(|g| Some(&g[..])).collect();
+        opt.step_with(
+            &mut p1.iter_mut().map(|p| &mut p[..]).collect::<Vec<_>>(),
+            &a,
+            &StepOptions::default(),
+        )
+        .unwrap();
+        twin.step(
+            &mut p2.iter_mut().map(|p| &mut p[..]).collect::<Vec<_>>(),
+            &b,
+        )
+        .unwrap();
+    }
+    for i in 0..n {
+        assert_eq!(bits(&p1[i]), bits(&p2[i]), "master params {i}");
+    }
+    // invalid options are refused before anything is written
+    let before = p1.clone();
+    let g: Vec<Vec<f32>> = (0..n).map(|i| values(lens[i], 1)).collect();
+    let gs: Vec<Option<&[f32]>> = g.iter().map(|g| Some(&g[..])).collect();
+    let bad = StepOptions {
+        grad_scale: -1.0,
+        ..StepOptions::default()
+    };
+    let e = opt.step_with(
+        &mut p1.iter_mut().map(|p| &mut p[..]).collect::<Vec<_>>(),
+        &gs,
+        &bad,
+    );
+    assert!(matches!(e, Err(OptimizerError::InvalidOptions(_))), "{e:?}");
+    assert_eq!(p1, before);
+}

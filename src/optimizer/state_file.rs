@@ -2,7 +2,8 @@
 //!
 //! # Format
 //! Tensors: `state.{i}.square_avg`, `state.{i}.grad_avg`, `state.{i}.momentum_buffer` (the
-//! tensor's shape, the element type's dtype) and `state.{i}.step`, a 0-d tensor as PyTorch keeps
+//! tensor's shape, the state's storage dtype: `F32`, `F64`, `BF16` or `F16`, as PyTorch saves
+//! the state of parameters of that dtype) and `state.{i}.step`, a 0-d tensor as PyTorch keeps
 //! it: `F32`, or `F64` (what PyTorch writes when its default dtype is `float64`; this crate
 //! writes `F64` only for a step count above 2^24, which `F32` cannot hold exactly). `{i}` is
 //! written canonically (`0`, `7`, `12`: no sign, no leading zero). Tensors `param.{i}` (PyTorch
@@ -30,7 +31,7 @@
 //! (8-byte dtypes first, so every tensor stays aligned), JSON keys in a fixed order.
 
 use super::{check_groups, coefficients, OptimizerError, ParamGroup, RmsProp, TensorState};
-use crate::{Buffer, Element, Hyperparameters, KerasOptions, OptaxOptions, Semantics};
+use crate::{Buffer, Format, Hyperparameters, KerasOptions, OptaxOptions, Semantics, Storage};
 use safetensors::tensor::{Dtype, Metadata, TensorInfo};
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
@@ -524,15 +525,17 @@ fn groups_json(groups: &[ParamGroup]) -> Result<Value, StateFileError> {
 
 // ---------------------------------------------------------------- the file
 
-fn dtype_of<T: Element>() -> (Dtype, &'static str) {
-    if T::NAME == "f32" {
-        (Dtype::F32, "F32")
-    } else {
-        (Dtype::F64, "F64")
+/// The safetensors dtype of a state buffer stored as `T`.
+fn dtype_of<T: Storage>() -> (Dtype, &'static str) {
+    match T::FORMAT {
+        Format::F32 => (Dtype::F32, "F32"),
+        Format::F64 => (Dtype::F64, "F64"),
+        Format::Bf16 => (Dtype::BF16, "BF16"),
+        Format::F16 => (Dtype::F16, "F16"),
     }
 }
 
-fn encode<T: Element>(values: &[T]) -> Vec<u8> {
+fn encode<T: bytemuck::Pod>(values: &[T]) -> Vec<u8> {
     let mut out = Vec::with_capacity(core::mem::size_of_val(values));
     for v in values {
         let bytes = bytemuck::bytes_of(v);
@@ -545,7 +548,7 @@ fn encode<T: Element>(values: &[T]) -> Vec<u8> {
     out
 }
 
-fn decode<T: Element>(bytes: &[u8]) -> Vec<T> {
+fn decode<T: bytemuck::Pod>(bytes: &[u8]) -> Vec<T> {
     let size = core::mem::size_of::<T>();
     bytes
         .chunks_exact(size)
@@ -693,7 +696,7 @@ fn write_file(
     out
 }
 
-impl<T: Element> RmsProp<T> {
+impl<T: Storage> RmsProp<T> {
     /// PyTorch's `state_dict()['param_groups']` as a JSON list, scheduler keys included.
     ///
     /// ```
@@ -720,7 +723,7 @@ impl<T: Element> RmsProp<T> {
     /// `T` (a NaN `lr` set through [`RmsProp::hyperparameters_mut`]): the file would not load.
     /// [`OptimizerError::StateFile`] for an invalid scheduler key.
     pub fn save_state(&self) -> Result<Vec<u8>, OptimizerError> {
-        coefficients::<T>(&self.groups)?;
+        coefficients::<T::Compute>(&self.groups)?;
         let groups = groups_json(&self.groups)?.to_string();
         let (dtype, _) = dtype_of::<T>();
         let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
@@ -811,7 +814,7 @@ impl<T: Element> RmsProp<T> {
         groups: Vec<ParamGroup>,
     ) -> Result<(), OptimizerError> {
         let group_of = check_groups(self.len(), &groups)?;
-        coefficients::<T>(&groups)?;
+        coefficients::<T::Compute>(&groups)?;
         groups_json(&groups)?;
         let (dtype, dtype_name) = dtype_of::<T>();
         let n = self.len();
