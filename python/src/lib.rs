@@ -16,8 +16,9 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyList;
 use rmsprop_simd::{
-    bf16, f16, run_in_pool, Element, Hyperparameters, KerasOptions, Kernel, OptaxOptions,
-    ParamsCopy, Rounding, Semantics, State, StepOptions, Storage, TensorStep, Threading,
+    bf16, f16, run_in_pool, Element, GradSlice, Hyperparameters, KerasOptions, Kernel, NormType,
+    OptaxOptions, ParamsCopy, Rounding, Semantics, State, StepOptions, Storage, TensorStep,
+    Threading,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -797,11 +798,63 @@ fn step_mixed<'py>(
     }
 }
 
+/// The total norm of many gradient arrays together (float32 or float64 numpy arrays, any mix):
+/// `norm_type` 1, 2 or inf, as `torch.nn.utils.clip_grad_norm_` computes it, accumulated in
+/// float64 over fixed blocks (the same result on any thread count).
+#[pyfunction]
+#[pyo3(signature = (grads, norm_type=2.0))]
+fn grad_norm(py: Python<'_>, grads: Bound<'_, PyAny>, norm_type: f64) -> PyResult<f64> {
+    let norm = if norm_type == 1.0 {
+        NormType::L1
+    } else if norm_type == 2.0 {
+        NormType::L2
+    } else if norm_type == f64::INFINITY {
+        NormType::Inf
+    } else {
+        return Err(PyValueError::new_err(format!(
+            "norm_type must be 1, 2 or inf, got {norm_type}"
+        )));
+    };
+    enum Held<'py> {
+        F32(PyReadonlyArrayDyn<'py, f32>),
+        F64(PyReadonlyArrayDyn<'py, f64>),
+    }
+    let mut held = Vec::new();
+    for (i, g) in list(&grads, "grads")?.iter().enumerate() {
+        let name = format!("grads[{i}]");
+        held.push(if g.cast::<PyArrayDyn<f64>>().is_ok() {
+            Held::F64(readonly::<f64>(g, &name, "float64")?)
+        } else {
+            Held::F32(readonly::<f32>(g, &name, "float32 or float64")?)
+        });
+    }
+    let slices = held
+        .iter()
+        .map(|h| {
+            Ok(match h {
+                Held::F32(a) => GradSlice::from(a.as_slice().map_err(contiguous)?),
+                Held::F64(a) => GradSlice::from(a.as_slice().map_err(contiguous)?),
+            })
+        })
+        .collect::<PyResult<Vec<_>>>()?;
+    py.detach(|| Kernel::new().grad_norm(&slices, norm))
+        .map_err(|e| PyValueError::new_err(e.to_string()))
+}
+
+/// `clip_grad_norm_`'s coefficient in its float32 arithmetic: `max_norm / (total_norm + 1e-6)`,
+/// clamped to at most 1 (pass it as `grad_multiplier` to fold the clip into the step).
+#[pyfunction]
+fn clip_coefficient(total_norm: f64, max_norm: f64) -> f64 {
+    rmsprop_simd::clip_coefficient(total_norm, max_norm)
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(step, m)?)?;
     m.add_function(wrap_pyfunction!(step_many, m)?)?;
     m.add_function(wrap_pyfunction!(step_mixed, m)?)?;
+    m.add_function(wrap_pyfunction!(grad_norm, m)?)?;
+    m.add_function(wrap_pyfunction!(clip_coefficient, m)?)?;
     m.add_function(wrap_pyfunction!(backend, m)?)?;
     m.add_function(wrap_pyfunction!(check_hyperparameters, m)?)?;
     m.add_function(wrap_pyfunction!(parallel_min_len, m)?)?;
