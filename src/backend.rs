@@ -121,6 +121,15 @@ impl Backend {
         Backend::avx512().unwrap_or_else(Backend::detect)
     }
 
+    /// The AVX2 + FMA token, when this is the AVX2 backend.
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    pub(crate) fn avx2_token(self) -> Option<pulp::x86::V3> {
+        match self.token {
+            Token::Avx2Fma(simd) => Some(simd),
+            _ => None,
+        }
+    }
+
     /// The AVX-512 token, when this is the AVX-512 backend.
     #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
     pub(crate) fn avx512_token(self) -> Option<pulp::x86::V4> {

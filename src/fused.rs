@@ -1,28 +1,29 @@
-//! The fused mixed loop: for the storage shapes training uses, PyTorch's rule and AVX-512, each
-//! vector is loaded (widened from 16-bit storage), its gradient pre-processed, stepped and
-//! rounded back in registers, so the conversions overlap the divider instead of adding to it
-//! (all-bf16 at 3e7 elements: 1.3x the f32 kernel's elements per second, against 0.74x staged).
+//! The fused mixed loop: for the storage shapes training uses, PyTorch's rule and AVX-512 or
+//! AVX2, each vector is loaded (widened from 16-bit storage), its gradient pre-processed,
+//! stepped and rounded back in registers, so the conversions overlap the divider instead of
+//! adding to it (all-bf16 at 3e7 elements on AVX-512: 1.35x the f32 kernel's elements per
+//! second, against 0.74x staged; on AVX2 about 1.5x the staged pass in L2).
 //!
 //! Every buffer's format is a const generic, so each shape is its own branch-free loop. The
-//! code is bounded: seven shapes (`run_avx512`) x PyTorch's 16 rule variants, AVX-512 only, in
-//! one non-generic function, so it is compiled once, in this crate, and not again by every crate
-//! that steps (all shapes x rules x backends took 4-5 minutes per downstream release build).
-//! Other shapes, rules and backends, and a gradient scale that is not a power of two, take the
-//! staged pass of [`crate::mixed`], which handles everything; both equal
-//! [`crate::reference::step_with`] bit for bit (`tests/mixed.rs` runs every combination on every
-//! backend).
+//! code is bounded: seven shapes (`run_fused`) x PyTorch's 16 rule variants, on AVX-512 and
+//! AVX2, in two non-generic functions, so it is compiled once, in this crate, and not again by
+//! every crate that steps (all shapes x rules x backends, generic, took 4-5 minutes per
+//! downstream release build). Other shapes, rules and backends (scalar, NEON), and a gradient
+//! scale that is not a power of two, take the staged pass of [`crate::mixed`], which handles
+//! everything; both equal [`crate::reference::step_with`] bit for bit (`tests/mixed.rs` runs
+//! every combination on every backend).
 #![cfg_attr(
     not(any(target_arch = "x86", target_arch = "x86_64")),
     allow(dead_code, unused_imports)
 )]
-use crate::kernel::{pytorch_pass, Drive, Updated, VectorRule};
+use crate::kernel::{pytorch_per_variant, Drive, Updated, VectorRule};
 use crate::mixed::{
     bf16_rne, bf16_sr, f16_rne, f16_sr, load_native, lowbias32, narrow_u16, store_native,
     widen_bf16, widen_f16, widen_u16, Dst, MixedBuffers, Prep, Scale, Src, IOTA, MAX_LANES,
 };
 use crate::storage::{stream_key, Buffer16, Rounding};
 use crate::{Coefficients, Element, Rule};
-use pulp::{Simd, WithSimd};
+use pulp::Simd;
 
 /// Stored in the compute type.
 const N: u8 = 0;
@@ -317,25 +318,8 @@ impl<T: Element, const P: u8, const G: u8, const V: u8, const C: u8, const SR: b
     }
 }
 
-/// A fused pass as a pulp operation (PyTorch's rule only).
-struct FusedPass<'a, T, const P: u8, const G: u8, const V: u8, const C: u8, const SR: bool> {
-    k: Coefficients<T>,
-    bufs: Fused<'a, T, P, G, V, C, SR>,
-}
-
-impl<T: Element, const P: u8, const G: u8, const V: u8, const C: u8, const SR: bool> WithSimd
-    for FusedPass<'_, T, P, G, V, C, SR>
-{
-    type Output = ();
-
-    #[inline(always)]
-    fn with_simd<S: Simd>(self, simd: S) {
-        pytorch_pass(simd, &self.k, self.bufs)
-    }
-}
-
-/// Runs `bufs` (one 2^32-index key range) through the fused loop if the backend is AVX-512,
-/// the rule PyTorch's, the scale a power of two (or none) and the shape one of the compiled
+/// Runs `bufs` (one 2^32-index key range) through the fused loop if the backend is AVX-512 or
+/// AVX2, the rule PyTorch's, the scale a power of two (or none) and the shape one of the compiled
 /// ones; otherwise hands the buffers back (to the staged pass).
 // The buffers go back by value (boxing them would allocate per step, and no_std has no Box).
 #[allow(clippy::result_large_err)]
@@ -348,14 +332,19 @@ pub(crate) fn try_run<'a, T: Element>(
     {
         // `f64` steps only native buffers (the plain kernel's path unless options are given):
         // the staged pass serves them, and no fused loop is compiled for them.
-        let k32 = (&k as &dyn core::any::Any).downcast_ref::<Coefficients<f32>>();
-        let (Some(simd), Some(&k32)) = (backend.avx512_token(), k32) else {
+        let Some(&k32) = (&k as &dyn core::any::Any).downcast_ref::<Coefficients<f32>>() else {
             return Err(bufs);
         };
         if k32.rule != Rule::PyTorch || matches!(bufs.prep.scale, Scale::Div(_)) {
             return Err(bufs);
         }
-        run_avx512(simd, k32, recast::<T, f32>(bufs)).map_err(recast::<f32, T>)
+        if let Some(simd) = backend.avx512_token() {
+            run_avx512(simd, k32, recast::<T, f32>(bufs)).map_err(recast::<f32, T>)
+        } else if let Some(simd) = backend.avx2_token() {
+            run_avx2(simd, k32, recast::<T, f32>(bufs)).map_err(recast::<f32, T>)
+        } else {
+            Err(bufs)
+        }
     }
     #[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
     {
@@ -399,13 +388,35 @@ fn recast<'a, A: Element, B: Element>(bufs: MixedBuffers<'a, A>) -> MixedBuffers
     }
 }
 
-/// The fused loops, compiled once in this crate (not generic: a crate that steps does not
-/// compile them again). Hands the buffers back if their shape is not a compiled one.
+/// The fused loops on AVX-512, compiled once in this crate (not generic: a crate that steps does
+/// not compile them again). Hands the buffers back if their shape is not a compiled one.
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
 #[inline(never)]
 #[allow(clippy::result_large_err)]
 fn run_avx512(
     simd: pulp::x86::V4,
+    k: Coefficients<f32>,
+    bufs: MixedBuffers<'_, f32>,
+) -> Result<(), MixedBuffers<'_, f32>> {
+    run_fused(simd, k, bufs)
+}
+
+/// [`run_avx512`] on AVX2 + FMA.
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+#[inline(never)]
+#[allow(clippy::result_large_err)]
+fn run_avx2(
+    simd: pulp::x86::V3,
+    k: Coefficients<f32>,
+    bufs: MixedBuffers<'_, f32>,
+) -> Result<(), MixedBuffers<'_, f32>> {
+    run_fused(simd, k, bufs)
+}
+
+#[inline(always)]
+#[allow(clippy::result_large_err)]
+fn run_fused<S: Simd>(
+    simd: S,
     k: Coefficients<f32>,
     bufs: MixedBuffers<'_, f32>,
 ) -> Result<(), MixedBuffers<'_, f32>> {
@@ -468,22 +479,20 @@ fn run_avx512(
                 Src::Native(n) => Ro { n, h: &[] },
                 Src::Bf16(h) | Src::F16(h) => Ro { n: &[], h },
             };
-            Simd::vectorize(
+            pytorch_per_variant(
                 simd,
-                FusedPass::<'_, T, $p, $g, $v, $c, $sr> {
-                    k,
-                    bufs: Fused {
-                        len,
-                        p: rw(Some(params)),
-                        g,
-                        v: rw(Some(square_avg)),
-                        a: rw(grad_avg),
-                        b: rw(momentum_buffer),
-                        c: rw(copy),
-                        pre,
-                        keys,
-                        base,
-                    },
+                &k,
+                Fused::<'_, T, $p, $g, $v, $c, $sr> {
+                    len,
+                    p: rw(Some(params)),
+                    g,
+                    v: rw(Some(square_avg)),
+                    a: rw(grad_avg),
+                    b: rw(momentum_buffer),
+                    c: rw(copy),
+                    pre,
+                    keys,
+                    base,
                 },
             );
             Ok(())

@@ -146,6 +146,50 @@ pub(crate) fn pytorch_pass<S: Simd, T: Element, B: Drive<T>>(
     )
 }
 
+/// PyTorch's rule over `bufs`, one pulp operation per rule variant: called outside pulp's
+/// target-feature context, it picks the variant first and enters that context for it alone.
+/// (One operation holding every variant, as [`Pass`] is, costs a stack frame the size of all of
+/// them in an unoptimised build: megabytes for the fused 16-bit loops.)
+pub(crate) fn pytorch_per_variant<S: Simd, T: Element, B: Drive<T>>(
+    simd: S,
+    k: &Coefficients<T>,
+    bufs: B,
+) {
+    with_consts!(
+        [] [k.centered, k.use_momentum, k.use_weight_decay, k.maximize]
+        pytorch_variant::<S, T, B>(simd, k, bufs)
+    )
+}
+
+fn pytorch_variant<
+    S: Simd,
+    T: Element,
+    B: Drive<T>,
+    const C: bool,
+    const M: bool,
+    const W: bool,
+    const X: bool,
+>(
+    simd: S,
+    k: &Coefficients<T>,
+    bufs: B,
+) {
+    struct Variant<T, B, const C: bool, const M: bool, const W: bool, const X: bool> {
+        k: Coefficients<T>,
+        bufs: B,
+    }
+    impl<T: Element, B: Drive<T>, const C: bool, const M: bool, const W: bool, const X: bool>
+        WithSimd for Variant<T, B, C, M, W, X>
+    {
+        type Output = ();
+        #[inline(always)]
+        fn with_simd<S: Simd>(self, simd: S) {
+            run_pytorch::<S, T, B, C, M, W, X>(simd, &self.k, self.bufs)
+        }
+    }
+    Simd::vectorize(simd, Variant::<T, B, C, M, W, X> { k: *k, bufs });
+}
+
 /// `(param, square_avg, grad_avg, momentum_buffer)` after one vector step.
 pub(crate) type Updated<V> = (V, V, V, V);
 
