@@ -50,8 +50,6 @@ pub(crate) mod sealed {
     /// to pulp's, with `mul_add` the always-fused one (never `mul_add_e`).
     pub trait Sealed: Copy + Sized {
         type Vector<S: Simd>: Copy + bytemuck::Pod;
-        /// `true` for `f32` (the compute type of 16-bit storage), `false` for `f64`.
-        const SINGLE: bool;
 
         fn zero() -> Self;
         fn one() -> Self;
@@ -122,7 +120,6 @@ macro_rules! impl_element {
 
         impl sealed::Sealed for $t {
             type Vector<S: Simd> = impl_element!(@vec S, $t);
-            const SINGLE: bool = $t::MANTISSA_DIGITS == f32::MANTISSA_DIGITS;
 
             #[inline(always)]
             fn zero() -> Self {

@@ -21,7 +21,6 @@ use crate::mixed::{
     bf16_rne, bf16_sr, f16_rne, f16_sr, load_native, lowbias32, narrow_u16, store_native,
     widen_bf16, widen_f16, widen_u16, Dst, MixedBuffers, Prep, Scale, Src, IOTA, MAX_LANES,
 };
-use crate::storage::{stream_key, Buffer16, Rounding};
 use crate::{Coefficients, Element, Rule};
 use pulp::Simd;
 
@@ -55,12 +54,12 @@ fn rw<T>(d: Option<Dst<'_, T>>) -> Rw<'_, T> {
     }
 }
 
-fn format<T>(d: Option<&Dst<'_, T>>) -> Option<u8> {
-    d.map(|d| match d {
+fn format<T>(d: &Dst<'_, T>) -> u8 {
+    match d {
         Dst::Native(_) => N,
         Dst::Bf16(_) => B,
         Dst::F16(_) => H,
-    })
+    }
 }
 
 /// Room for one vector of a tail, in either storage.
@@ -78,24 +77,23 @@ impl<T: Element> Pad<T> {
     }
 }
 
+/// `s[start..]` (shorter than `w`) copied into `pad`, lengthened to `w`; empty stays empty.
+#[inline(always)]
+fn pad_tail<'p, X: Copy>(s: &[X], start: usize, w: usize, pad: &'p mut [X]) -> &'p mut [X] {
+    if s.is_empty() {
+        return &mut [];
+    }
+    pad[..s.len() - start].copy_from_slice(&s[start..]);
+    &mut pad[..w]
+}
+
 impl<T: Copy> Rw<'_, T> {
     /// The elements from `start` on, copied into `pad` and lengthened to `w`.
     #[inline(always)]
     fn pad<'p>(&self, start: usize, w: usize, pad: &'p mut Pad<T>) -> Rw<'p, T> {
-        let (n, h) = (&mut pad.n[..], &mut pad.h[..]);
         Rw {
-            n: if self.n.is_empty() {
-                &mut []
-            } else {
-                n[..self.n.len() - start].copy_from_slice(&self.n[start..]);
-                &mut n[..w]
-            },
-            h: if self.h.is_empty() {
-                &mut []
-            } else {
-                h[..self.h.len() - start].copy_from_slice(&self.h[start..]);
-                &mut h[..w]
-            },
+            n: pad_tail(self.n, start, w, &mut pad.n),
+            h: pad_tail(self.h, start, w, &mut pad.h),
         }
     }
 
@@ -115,7 +113,6 @@ impl<T: Copy> Rw<'_, T> {
 /// The buffers of a fused pass with formats `P` (params), `G` (grads), `V` (square_avg,
 /// grad_avg, momentum_buffer), `C` (the params copy; `N` for none) and stochastic rounding `SR`.
 pub(crate) struct Fused<'a, T, const P: u8, const G: u8, const V: u8, const C: u8, const SR: bool> {
-    len: usize,
     p: Rw<'a, T>,
     g: Ro<'a, T>,
     v: Rw<'a, T>,
@@ -154,7 +151,6 @@ fn ld<S: Simd, T: Element, const F: u8>(simd: S, n: &[T], h: &[u16], i: usize) -
 }
 
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 fn st<S: Simd, T: Element, const F: u8, const SR: bool>(
     simd: S,
     d: &mut Rw<'_, T>,
@@ -169,16 +165,13 @@ fn st<S: Simd, T: Element, const F: u8, const SR: bool>(
         return;
     }
     let x = T::to_f32s::<S>(v);
-    let r = if SR {
-        lowbias32(simd, simd.xor_u32s(idx, key))
-    } else {
-        key
-    };
+    // No closure for the random words: a closure is not inlined into pulp's target-feature
+    // context.
     let bits = match (F == B, SR) {
         (true, false) => bf16_rne(simd, x),
-        (true, true) => bf16_sr(simd, x, r),
+        (true, true) => bf16_sr(simd, x, lowbias32(simd, simd.xor_u32s(idx, key))),
         (false, false) => f16_rne(simd, x),
-        (false, true) => f16_sr(simd, x, r),
+        (false, true) => f16_sr(simd, x, lowbias32(simd, simd.xor_u32s(idx, key))),
     };
     narrow_u16::<S>(bits, &mut d.h[i..i + w]);
 }
@@ -259,7 +252,8 @@ impl<T: Element, const P: u8, const G: u8, const V: u8, const C: u8, const SR: b
         let iota: S::u32s = bytemuck::pod_read_unaligned(bytemuck::cast_slice(&IOTA[..u32_lanes]));
         let step = simd.splat_u32s(w as u32);
         let mut idx = simd.add_u32s(simd.splat_u32s(self.base), iota);
-        let n = self.len;
+        // The params' one non-empty slice.
+        let n = self.p.n.len() + self.p.h.len();
         let full = n / w * w;
         // Software-pipelined: vector i is rounded and stored after vector i + 1 is stepped, so
         // the rounding of a result that waits on the divider does not fill the scheduler ahead
@@ -281,24 +275,12 @@ impl<T: Element, const P: u8, const G: u8, const V: u8, const C: u8, const SR: b
             // The tail (shorter than one vector): the same step on a padded copy.
             let mut pads = [(); 6].map(|_| Pad::new());
             let [pp, pg, pv, pa, pb, pc] = &mut pads;
-            let g = Ro {
-                n: if self.g.n.is_empty() {
-                    &[]
-                } else {
-                    pg.n[..n - full].copy_from_slice(&self.g.n[full..]);
-                    &pg.n[..w]
-                },
-                h: if self.g.h.is_empty() {
-                    &[]
-                } else {
-                    pg.h[..n - full].copy_from_slice(&self.g.h[full..]);
-                    &pg.h[..w]
-                },
-            };
             let mut tail = Fused::<'_, T, P, G, V, C, SR> {
-                len: w,
                 p: self.p.pad(full, w, pp),
-                g,
+                g: Ro {
+                    n: pad_tail(self.g.n, full, w, &mut pg.n),
+                    h: pad_tail(self.g.h, full, w, &mut pg.h),
+                },
                 v: self.v.pad(full, w, pv),
                 a: self.a.pad(full, w, pa),
                 b: self.b.pad(full, w, pb),
@@ -432,34 +414,24 @@ fn run_fused<S: Simd>(
         prep.clip.unwrap_or(f32::INFINITY),
         prep.multiplier.unwrap_or(1.0),
     ];
-    let p = format(Some(&bufs.params)).unwrap_or(N);
-    let v = format(Some(&bufs.square_avg)).unwrap_or(N);
+    let p = format(&bufs.params);
+    let v = format(&bufs.square_avg);
     let g = match bufs.grads {
         Src::Native(_) => N,
         Src::Bf16(_) => B,
         Src::F16(_) => H,
     };
-    let c = format(bufs.copy.as_ref()).unwrap_or(N);
+    let c = bufs.copy.as_ref().map_or(N, format);
     // grad_avg and momentum_buffer share square_avg's format.
-    let a = format(bufs.grad_avg.as_ref());
-    let b = format(bufs.momentum_buffer.as_ref());
+    let a = bufs.grad_avg.as_ref().map(format);
+    let b = bufs.momentum_buffer.as_ref().map(format);
     if a.is_some_and(|f| f != v) || b.is_some_and(|f| f != v) {
         return Err(bufs);
     }
-    let (sr, keys) = match prep.rounding {
-        Rounding::Stochastic { seed, step } if p != N || v != N => {
-            let hi = (bufs.offset >> 32) as u32;
-            let key = |b| stream_key(seed, step, b, hi);
-            (
-                true,
-                [
-                    key(Buffer16::Params),
-                    key(Buffer16::SquareAvg),
-                    key(Buffer16::GradAvg),
-                    key(Buffer16::MomentumBuffer),
-                ],
-            )
-        }
+    // Stochastic rounding matters only where params or state are 16-bit (a copy is rounded
+    // to nearest-even).
+    let (sr, keys) = match prep.stream_keys(bufs.offset) {
+        Some(keys) if p != N || v != N => (true, keys),
         _ => (false, [0; 4]),
     };
     let base = bufs.offset as u32;
@@ -474,7 +446,6 @@ fn run_fused<S: Simd>(
                 copy,
                 ..
             } = bufs;
-            let len = params.len();
             let g = match grads {
                 Src::Native(n) => Ro { n, h: &[] },
                 Src::Bf16(h) | Src::F16(h) => Ro { n: &[], h },
@@ -483,7 +454,6 @@ fn run_fused<S: Simd>(
                 simd,
                 &k,
                 Fused::<'_, T, $p, $g, $v, $c, $sr> {
-                    len,
                     p: rw(Some(params)),
                     g,
                     v: rw(Some(square_avg)),

@@ -74,7 +74,7 @@ impl<'a, T: Element> Piece<T> for Buffers<'a, T> {
 }
 
 /// How a pass walks its buffers: the loop around a rule's per-vector step. [`Buffers`] loads
-/// and stores vectors of the compute type (`drive`); `crate::mixed::MixedBuffers` widens 16-bit
+/// and stores vectors of the compute type (`drive`); `crate::fused::Fused` widens 16-bit
 /// storage, pre-processes gradients and rounds results inside the same loop.
 pub(crate) trait Drive<T: Element> {
     /// Runs `rule` over every element.

@@ -246,6 +246,58 @@ fn dst<P: Storage>(s: &mut [P]) -> Dst<'_, P::Compute> {
     }
 }
 
+/// A step's buffers for the plain kernel (every buffer stored in its compute type).
+fn plain_buffers<'a, P, G, S>(
+    params: &'a mut [P],
+    grads: &'a [G],
+    state: State<'a, S>,
+) -> Buffers<'a, P::Compute>
+where
+    P: Storage,
+    G: Storage<Compute = P::Compute>,
+    S: Storage<Compute = P::Compute>,
+{
+    Buffers {
+        params: bytemuck::cast_slice_mut(params),
+        grads: bytemuck::cast_slice(grads),
+        square_avg: bytemuck::cast_slice_mut(state.square_avg),
+        grad_avg: state
+            .grad_avg
+            .map_or(&mut [][..], |s| bytemuck::cast_slice_mut(s)),
+        momentum_buffer: state
+            .momentum_buffer
+            .map_or(&mut [][..], |s| bytemuck::cast_slice_mut(s)),
+    }
+}
+
+/// A step's buffers for the mixed pass (any storage, gradient pre-processing, rounding).
+fn mixed_buffers<'a, P, G, S>(
+    params: &'a mut [P],
+    grads: &'a [G],
+    state: State<'a, S>,
+    params_copy: Option<ParamsCopy<'a>>,
+    prep: Prep<P::Compute>,
+) -> MixedBuffers<'a, P::Compute>
+where
+    P: Storage,
+    G: Storage<Compute = P::Compute>,
+    S: Storage<Compute = P::Compute>,
+{
+    MixedBuffers {
+        params: dst(params),
+        grads: src(grads),
+        square_avg: dst(state.square_avg),
+        grad_avg: state.grad_avg.map(|s| dst(s)),
+        momentum_buffer: state.momentum_buffer.map(|s| dst(s)),
+        copy: params_copy.map(|c| match c {
+            ParamsCopy::Bf16(s) => Dst::Bf16(bytemuck::cast_slice_mut(s)),
+            ParamsCopy::F16(s) => Dst::F16(bytemuck::cast_slice_mut(s)),
+        }),
+        prep,
+        offset: 0,
+    }
+}
+
 /// A configured step: which [`Backend`] and which [`Threading`]. `Kernel::default()` is the best
 /// backend for this CPU, parallel.
 ///
@@ -324,12 +376,16 @@ impl Kernel {
         self.mixed_backend
     }
 
-    /// The same kernel with [`Kernel::mixed_backend`] for every pass (for passes with a 16-bit
-    /// buffer).
-    pub(crate) fn with_backend_for_mixed(self) -> Kernel {
-        Kernel {
-            backend: self.mixed_backend,
-            ..self
+    /// The kernel a pass runs on: this one, with [`Kernel::mixed_backend`] for every pass when
+    /// the pass has a 16-bit buffer.
+    pub(crate) fn for_pass(self, sixteen_bit: bool) -> Kernel {
+        if sixteen_bit {
+            Kernel {
+                backend: self.mixed_backend,
+                ..self
+            }
+        } else {
+            self
         }
     }
 
@@ -416,41 +472,14 @@ impl Kernel {
             &state,
             params_copy.as_ref(),
         )?;
+        // Every buffer in the compute type (the 16-bit formats are never a compute type).
         let native = P::FORMAT == G::FORMAT && P::FORMAT == S::FORMAT && !P::FORMAT.is_16_bit();
         if native && params_copy.is_none() && options.is_plain_gradient() {
-            // All buffers are the compute type: the plain kernel.
-            let bufs = Buffers {
-                params: bytemuck::cast_slice_mut(params),
-                grads: bytemuck::cast_slice(grads),
-                square_avg: bytemuck::cast_slice_mut(state.square_avg),
-                grad_avg: state
-                    .grad_avg
-                    .map_or(&mut [][..], |s| bytemuck::cast_slice_mut(s)),
-                momentum_buffer: state
-                    .momentum_buffer
-                    .map_or(&mut [][..], |s| bytemuck::cast_slice_mut(s)),
-            };
-            threading::run_one(self, k, bufs);
+            // The plain kernel.
+            threading::run_one(self, k, plain_buffers(params, grads, state));
         } else {
-            let params_copy_absent = params_copy.is_none();
-            let bufs = MixedBuffers {
-                params: dst(params),
-                grads: src(grads),
-                square_avg: dst(state.square_avg),
-                grad_avg: state.grad_avg.map(|s| dst(s)),
-                momentum_buffer: state.momentum_buffer.map(|s| dst(s)),
-                copy: params_copy.map(|c| match c {
-                    ParamsCopy::Bf16(s) => Dst::Bf16(bytemuck::cast_slice_mut(s)),
-                    ParamsCopy::F16(s) => Dst::F16(bytemuck::cast_slice_mut(s)),
-                }),
-                prep,
-                offset: 0,
-            };
-            let kernel = if native && params_copy_absent {
-                *self
-            } else {
-                self.with_backend_for_mixed()
-            };
+            let kernel = self.for_pass(!native || params_copy.is_some());
+            let bufs = mixed_buffers(params, grads, state, params_copy, prep);
             threading::run_one(&kernel, k, bufs);
         }
         Ok(())

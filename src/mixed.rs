@@ -105,6 +105,27 @@ pub(crate) struct Prep<T> {
 }
 
 impl<T: Element> Prep<T> {
+    /// The stochastic rounding's stream keys of params, square_avg, grad_avg and
+    /// momentum_buffer (`Buffer16` order) for the 2^32-index range holding element `offset`;
+    /// `None` under nearest-even.
+    pub fn stream_keys(&self, offset: u64) -> Option<[u32; 4]> {
+        match self.rounding {
+            Rounding::Stochastic { seed, step } => {
+                let hi = (offset >> 32) as u32;
+                Some(
+                    [
+                        Buffer16::Params,
+                        Buffer16::SquareAvg,
+                        Buffer16::GradAvg,
+                        Buffer16::MomentumBuffer,
+                    ]
+                    .map(|b| stream_key(seed, step, b, hi)),
+                )
+            }
+            Rounding::NearestEven => None,
+        }
+    }
+
     /// The scalar specification of the gradient pre-processing (the reference's).
     #[inline]
     pub fn apply(&self, g: T) -> T {
@@ -213,7 +234,7 @@ impl<T: Element> WithSimd for MixedPass<'_, T> {
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, simd: S) {
-        drive_mixed(simd, self.k, self.bufs)
+        segment(simd, self.k, self.bufs)
     }
 }
 
@@ -234,12 +255,6 @@ pub(crate) const IOTA: [u32; MAX_LANES] = {
     }
     a
 };
-
-/// One staged pass within one 2^32-index key range (`run` cuts there).
-#[inline(always)]
-fn drive_mixed<S: Simd, T: Element>(simd: S, k: Coefficients<T>, bufs: MixedBuffers<'_, T>) {
-    segment(simd, k, bufs)
-}
 
 /// A buffer of the block being stepped: the caller's own slice when it is stored in the compute
 /// type, else the stack array it was widened into.
@@ -313,18 +328,7 @@ fn segment<S: Simd, T: Element>(simd: S, k: Coefficients<T>, bufs: MixedBuffers<
         offset,
     } = bufs;
     let n = params.len();
-    let keys = match prep.rounding {
-        Rounding::Stochastic { seed, step } => {
-            let hi = (offset >> 32) as u32;
-            Some([
-                stream_key(seed, step, Buffer16::Params, hi),
-                stream_key(seed, step, Buffer16::SquareAvg, hi),
-                stream_key(seed, step, Buffer16::GradAvg, hi),
-                stream_key(seed, step, Buffer16::MomentumBuffer, hi),
-            ])
-        }
-        Rounding::NearestEven => None,
-    };
+    let keys = prep.stream_keys(offset);
     let key = |k: usize| keys.map(|keys| keys[k]);
     let plain_grads = prep.scale == Scale::None && prep.clip.is_none() && prep.multiplier.is_none();
     let mut sp = [T::zero(); BLOCK];

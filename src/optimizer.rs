@@ -1,10 +1,9 @@
 //! The optimizer over a whole model: parameter groups, lazily allocated state, one balanced
 //! parallel dispatch over every tensor, and PyTorch-compatible state in safetensors.
 
-use crate::kernel::Buffers;
-use crate::mixed::MixedBuffers;
 use crate::{
-    Buffer, Coefficients, Element, Error, Hyperparameters, Kernel, Rounding, StepOptions, Storage,
+    Buffer, Coefficients, Element, Error, Hyperparameters, Kernel, Rounding, State, StepOptions,
+    Storage,
 };
 use std::collections::BTreeMap;
 use std::fmt;
@@ -443,28 +442,21 @@ impl<T: Storage> RmsProp<T> {
             // KeyError there). `save_state` writes such a buffer as the zeros it would start
             // from, and `load_state` accepts its absence with the same meaning, so step, save
             // and load agree.
-            let grad_avg: &mut [T] = if centered {
-                st.grad_avg.get_or_insert_with(|| vec![T::default(); len])
-            } else {
-                &mut []
-            };
-            let momentum_buffer: &mut [T] = if momentum {
-                st.momentum_buffer
-                    .get_or_insert_with(|| vec![T::default(); len])
-            } else {
-                &mut []
-            };
+            let mut state = State::new(&mut st.square_avg[..]);
+            if centered {
+                state =
+                    state.with_grad_avg(st.grad_avg.get_or_insert_with(|| vec![T::default(); len]));
+            }
+            if momentum {
+                state = state.with_momentum_buffer(
+                    st.momentum_buffer
+                        .get_or_insert_with(|| vec![T::default(); len]),
+                );
+            }
             // piece k uses coeffs[k]: one per tensor with a gradient, in order
             let k = plain_pieces.len() + mixed_pieces.len();
             if plain {
-                let bufs = Buffers {
-                    params: bytemuck::cast_slice_mut(&mut p[..]),
-                    grads: bytemuck::cast_slice(g),
-                    square_avg: bytemuck::cast_slice_mut(&mut st.square_avg),
-                    grad_avg: bytemuck::cast_slice_mut(grad_avg),
-                    momentum_buffer: bytemuck::cast_slice_mut(momentum_buffer),
-                };
-                plain_pieces.push((k, bufs));
+                plain_pieces.push((k, crate::plain_buffers(&mut p[..], g, state)));
             } else {
                 let mut prep = prep;
                 if let Rounding::Stochastic { seed, .. } = options.rounding {
@@ -473,29 +465,14 @@ impl<T: Storage> RmsProp<T> {
                         step: st.step,
                     };
                 }
-                let bufs = MixedBuffers {
-                    params: crate::dst(&mut p[..]),
-                    grads: crate::src(g),
-                    square_avg: crate::dst(&mut st.square_avg),
-                    grad_avg: centered.then(|| crate::dst(grad_avg)),
-                    momentum_buffer: momentum.then(|| crate::dst(momentum_buffer)),
-                    copy: None,
-                    prep,
-                    offset: 0,
-                };
-                mixed_pieces.push((k, bufs));
+                mixed_pieces.push((k, crate::mixed_buffers(&mut p[..], g, state, None, prep)));
             }
         }
         if plain {
             crate::threading::run_many(&self.kernel, &coeffs, plain_pieces);
         } else {
             let sixteen = T::FORMAT.is_16_bit() || P::FORMAT.is_16_bit() || G::FORMAT.is_16_bit();
-            let kernel = if sixteen {
-                self.kernel.with_backend_for_mixed()
-            } else {
-                self.kernel
-            };
-            crate::threading::run_many(&kernel, &coeffs, mixed_pieces);
+            crate::threading::run_many(&self.kernel.for_pass(sixteen), &coeffs, mixed_pieces);
         }
         Ok(())
     }
