@@ -185,7 +185,7 @@ macro_rules! impl_element {
             }
             #[inline(always)]
             fn vsqrt<S: Simd>(simd: S, a: Self::Vector<S>) -> Self::Vector<S> {
-                simd.$sqrt(a)
+                impl_element!(@sqrt $t, simd, a, $sqrt)
             }
             #[inline(always)]
             fn as_simd<S: Simd>(slice: &[Self]) -> (&[Self::Vector<S>], &[Self]) {
@@ -223,6 +223,13 @@ macro_rules! impl_element {
                 ($to_f32s)(v)
             }
         }
+    };
+    // `f32`: without the divider on AVX-512 (`crate::sqrt`), the same bits.
+    (@sqrt f32, $simd:ident, $a:ident, $sqrt:ident) => {
+        crate::sqrt::sqrt_f32s($simd, $a)
+    };
+    (@sqrt f64, $simd:ident, $a:ident, $sqrt:ident) => {
+        $simd.$sqrt($a)
     };
     (@vec $s:ident, f32) => {
         $s::f32s

@@ -31,6 +31,14 @@ const B: u8 = 1;
 /// Stored as f16.
 const H: u8 = 2;
 
+/// `X` flag: the gradient is pre-processed (scaled, clamped, multiplied); without it the
+/// identities are not executed.
+const PRE: u8 = 1;
+/// `X` flag: params and state (all bf16) are rounded in pairs of vectors by AVX512-BF16's
+/// `vcvtne2ps2bf16` (one instruction for 32 lanes, nearest-even as `half`; the rare vector with
+/// a subnormal lane takes the integer rounding, the instruction flushes subnormals).
+const CVT: u8 = 2;
+
 /// A buffer the pass writes: the native slice or the 16-bit one (the other is empty).
 struct Rw<'a, T> {
     n: &'a mut [T],
@@ -111,8 +119,18 @@ impl<T: Copy> Rw<'_, T> {
 }
 
 /// The buffers of a fused pass with formats `P` (params), `G` (grads), `V` (square_avg,
-/// grad_avg, momentum_buffer), `C` (the params copy; `N` for none) and stochastic rounding `SR`.
-pub(crate) struct Fused<'a, T, const P: u8, const G: u8, const V: u8, const C: u8, const SR: bool> {
+/// grad_avg, momentum_buffer), `C` (the params copy; `N` for none), stochastic rounding `SR` and
+/// the flags `X` ([`PRE`], [`CVT`]).
+pub(crate) struct Fused<
+    'a,
+    T,
+    const P: u8,
+    const G: u8,
+    const V: u8,
+    const C: u8,
+    const SR: bool,
+    const X: u8,
+> {
     p: Rw<'a, T>,
     g: Ro<'a, T>,
     v: Rw<'a, T>,
@@ -176,8 +194,150 @@ fn st<S: Simd, T: Element, const F: u8, const SR: bool>(
     narrow_u16::<S>(bits, &mut d.h[i..i + w]);
 }
 
-impl<T: Element, const P: u8, const G: u8, const V: u8, const C: u8, const SR: bool>
-    Fused<'_, T, P, G, V, C, SR>
+/// Two vectors rounded to bf16 (nearest-even, or stochastic from the counters `rx`, `ry`) into
+/// `dx` and `dy` (one vector's worth each), the same bits as [`bf16_rne`] / [`bf16_sr`]: on
+/// AVX-512 through `vcvtne2ps2bf16` (callers pass
+/// [`CVT`] only where the CPU has AVX512-BF16), elsewhere lane by lane.
+#[inline(always)]
+fn bf16_pair<S: Simd>(
+    simd: S,
+    x: S::f32s,
+    y: S::f32s,
+    rx: Option<S::u32s>,
+    ry: Option<S::u32s>,
+    dx: &mut [u16],
+    dy: &mut [u16],
+) {
+    let rx = rx.map(|r| lowbias32(simd, r));
+    let ry = ry.map(|r| lowbias32(simd, r));
+    #[cfg(target_arch = "x86_64")]
+    if let Some(&v4) = (&simd as &dyn core::any::Any).downcast_ref::<pulp::x86::V4>() {
+        let c = bytemuck::cast::<S::f32s, pulp::f32x16>;
+        let cu = bytemuck::cast::<S::u32s, pulp::u32x16>;
+        if let Some(h) = cvt_pair(v4, c(x), c(y), rx.map(cu), ry.map(cu)) {
+            dx[..16].copy_from_slice(&h[..16]);
+            dy[..16].copy_from_slice(&h[16..]);
+            return;
+        }
+    }
+    narrow_u16::<S>(round_bf16(simd, x, rx), dx);
+    narrow_u16::<S>(round_bf16(simd, y, ry), dy);
+}
+
+#[inline(always)]
+fn round_bf16<S: Simd>(simd: S, x: S::f32s, r: Option<S::u32s>) -> S::u32s {
+    match r {
+        Some(r) => bf16_sr(simd, x, r),
+        None => bf16_rne(simd, x),
+    }
+}
+
+/// `x` and `y` through `vcvtne2ps2bf16`, after stochastic rounding's truncation where random
+/// words are given; `None` if a lane to convert is subnormal (the instruction would flush it).
+/// (Not inlined in unoptimised builds, as `crate::sqrt`'s AVX-512 path: stack frames.)
+#[cfg(target_arch = "x86_64")]
+#[cfg_attr(not(debug_assertions), inline(always))]
+fn cvt_pair(
+    simd: pulp::x86::V4,
+    x: pulp::f32x16,
+    y: pulp::f32x16,
+    rx: Option<pulp::u32x16>,
+    ry: Option<pulp::u32x16>,
+) -> Option<[u16; 32]> {
+    use pulp::cast;
+    let x = sr_truncate(simd, x, rx);
+    let y = sr_truncate(simd, y, ry);
+    let f = simd.avx512dq;
+    // fpclass 0x20: denormal.
+    let sub = f._mm512_fpclass_ps_mask::<0x20>(x) | f._mm512_fpclass_ps_mask::<0x20>(y);
+    if sub != 0 {
+        return None;
+    }
+    // SAFETY: `V4` proves AVX-512F; `CVT` (the only way here) is set only when the CPU has
+    // AVX512-BF16 (`bf16_instruction`).
+    #[allow(unsafe_code)]
+    Some(cast(unsafe { vcvtne2ps2bf16(y, x) }))
+}
+
+/// Stochastic rounding's integer step before the conversion: where `|x| <= 0x7F7F_0000` (the
+/// lanes [`bf16_sr`] does not hand to nearest-even), the low 16 random bits added and the low
+/// half cleared, so the conversion is exact; other lanes (and all, without `r`) as they are.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn sr_truncate(
+    simd: pulp::x86::V4,
+    x: pulp::f32x16,
+    r: Option<pulp::u32x16>,
+) -> core::arch::x86_64::__m512 {
+    use pulp::cast;
+    let Some(r) = r else { return cast(x) };
+    let f = simd.avx512f;
+    let u: pulp::u32x16 = cast(x);
+    let a = simd.and_u32s(u, simd.splat_u32s(0x7FFF_FFFF));
+    let small = f._mm512_cmple_epu32_mask(cast(a), cast(simd.splat_u32s(0x7F7F_0000)));
+    let t = f._mm512_mask_add_epi32(
+        cast(u),
+        small,
+        cast(u),
+        cast(simd.and_u32s(r, simd.splat_u32s(0xFFFF))),
+    );
+    cast(f._mm512_mask_and_epi32(t, small, t, cast(simd.splat_u32s(0xFFFF_0000))))
+}
+
+/// `vcvtne2ps2bf16 out, hi, lo`: `lo` in the low 16 bf16 lanes of `out`, `hi` in the high 16,
+/// nearest-even, NaN quieted as `(bits >> 16) | 0x40`, subnormal inputs flushed to zero.
+/// (Inline assembly: the intrinsic needs the `avx512bf16` target feature, which pulp's
+/// AVX-512 context does not enable, and would not be inlined into it.)
+///
+/// # Safety
+/// The CPU must support AVX512-BF16 (and AVX-512F).
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn vcvtne2ps2bf16(
+    hi: core::arch::x86_64::__m512,
+    lo: core::arch::x86_64::__m512,
+) -> core::arch::x86_64::__m512i {
+    let out;
+    // SAFETY: the caller guarantees AVX512-BF16; the instruction only reads and writes the
+    // three registers.
+    unsafe {
+        core::arch::asm!(
+            "vcvtne2ps2bf16 {out}, {hi}, {lo}",
+            out = lateout(zmm_reg) out,
+            hi = in(zmm_reg) hi,
+            lo = in(zmm_reg) lo,
+            options(pure, nomem, nostack, preserves_flags),
+        );
+    }
+    out
+}
+
+/// Whether this CPU has AVX512-BF16 (the `CVT` loops), unless turned off by
+/// [`crate::__testing::set_bf16_instruction`].
+pub(crate) fn bf16_instruction() -> bool {
+    use core::sync::atomic::Ordering::Relaxed;
+    #[cfg(all(target_arch = "x86_64", feature = "std"))]
+    let has = std::is_x86_feature_detected!("avx512bf16");
+    #[cfg(not(all(target_arch = "x86_64", feature = "std")))]
+    let has = false;
+    has && !NO_BF16_INSTRUCTION.load(Relaxed)
+}
+
+/// Set by tests to run the integer rounding on a CPU with AVX512-BF16.
+pub(crate) static NO_BF16_INSTRUCTION: core::sync::atomic::AtomicBool =
+    core::sync::atomic::AtomicBool::new(false);
+
+impl<
+        T: Element,
+        const P: u8,
+        const G: u8,
+        const V: u8,
+        const C: u8,
+        const SR: bool,
+        const X: u8,
+    > Fused<'_, T, P, G, V, C, SR, X>
 {
     /// The vector at `i`, stepped (not yet stored).
     #[inline(always)]
@@ -189,11 +349,15 @@ impl<T: Element, const P: u8, const G: u8, const V: u8, const C: u8, const SR: b
         i: usize,
     ) -> Updated<T::Vector<S>> {
         let g = ld::<S, T, G>(simd, self.g.n, self.g.h, i);
-        let g = T::vmul(
-            simd,
-            T::vclamp(simd, T::vmul(simd, g, k.inv), k.lo, k.hi),
-            k.mul,
-        );
+        let g = if X & PRE != 0 {
+            T::vmul(
+                simd,
+                T::vclamp(simd, T::vmul(simd, g, k.inv), k.lo, k.hi),
+                k.mul,
+            )
+        } else {
+            g
+        };
         let p = ld::<S, T, P>(simd, self.p.n, self.p.h, i);
         let v = ld::<S, T, V>(simd, self.v.n, self.v.h, i);
         let ga = if R::GA {
@@ -219,6 +383,41 @@ impl<T: Element, const P: u8, const G: u8, const V: u8, const C: u8, const SR: b
         idx: S::u32s,
         (p, v, ga, b): Updated<T::Vector<S>>,
     ) {
+        if X & CVT != 0 {
+            // All bf16 (checked by `run_fused`): params with square_avg, grad_avg with
+            // momentum_buffer.
+            let w = T::lanes::<S>();
+            let r = |key: S::u32s| SR.then(|| simd.xor_u32s(idx, key));
+            let (p, v) = (T::to_f32s::<S>(p), T::to_f32s::<S>(v));
+            let (rp, rv) = (r(k.keys[0]), r(k.keys[1]));
+            bf16_pair(
+                simd,
+                p,
+                v,
+                rp,
+                rv,
+                &mut self.p.h[i..i + w],
+                &mut self.v.h[i..i + w],
+            );
+            if R::GA || R::B {
+                let (ga, b) = (T::to_f32s::<S>(ga), T::to_f32s::<S>(b));
+                let (ra, rb) = (r(k.keys[2]), r(k.keys[3]));
+                let mut none = [0u16; MAX_LANES];
+                let da = if R::GA {
+                    &mut self.a.h[i..i + w]
+                } else {
+                    &mut none[..w]
+                };
+                let mut none = [0u16; MAX_LANES];
+                let db = if R::B {
+                    &mut self.b.h[i..i + w]
+                } else {
+                    &mut none[..w]
+                };
+                bf16_pair(simd, ga, b, ra, rb, da, db);
+            }
+            return;
+        }
         st::<S, T, P, SR>(simd, &mut self.p, i, p, k.keys[0], idx);
         if C != N {
             st::<S, T, C, false>(simd, &mut self.c, i, p, k.keys[0], idx);
@@ -233,8 +432,15 @@ impl<T: Element, const P: u8, const G: u8, const V: u8, const C: u8, const SR: b
     }
 }
 
-impl<T: Element, const P: u8, const G: u8, const V: u8, const C: u8, const SR: bool> Drive<T>
-    for Fused<'_, T, P, G, V, C, SR>
+impl<
+        T: Element,
+        const P: u8,
+        const G: u8,
+        const V: u8,
+        const C: u8,
+        const SR: bool,
+        const X: u8,
+    > Drive<T> for Fused<'_, T, P, G, V, C, SR, X>
 {
     #[inline(always)]
     fn drive<S: Simd, R: VectorRule<S, T>>(mut self, simd: S, rule: &R) {
@@ -275,7 +481,7 @@ impl<T: Element, const P: u8, const G: u8, const V: u8, const C: u8, const SR: b
             // The tail (shorter than one vector): the same step on a padded copy.
             let mut pads = [(); 6].map(|_| Pad::new());
             let [pp, pg, pv, pa, pb, pc] = &mut pads;
-            let mut tail = Fused::<'_, T, P, G, V, C, SR> {
+            let mut tail = Fused::<'_, T, P, G, V, C, SR, X> {
                 p: self.p.pad(full, w, pp),
                 g: Ro {
                     n: pad_tail(self.g.n, full, w, &mut pg.n),
@@ -435,8 +641,19 @@ fn run_fused<S: Simd>(
         _ => (false, [0; 4]),
     };
     let base = bufs.offset as u32;
+    let pre_flag = if pre == [1.0, f32::NEG_INFINITY, f32::INFINITY, 1.0] {
+        0
+    } else {
+        PRE
+    };
+    // The conversion instruction: AVX-512 only (the flag is never set for AVX2's loops).
+    let is_v4 = core::any::TypeId::of::<S>() == core::any::TypeId::of::<pulp::x86::V4>();
+    let cvt = if is_v4 && bf16_instruction() { CVT } else { 0 };
     macro_rules! go {
-        ($p:ident, $g:ident, $v:ident, $c:ident, $sr:literal) => {{
+        ($p:ident, $g:ident, $v:ident, $c:ident, $sr:literal) => {
+            go!($p, $g, $v, $c, $sr, PRE)
+        };
+        ($p:ident, $g:ident, $v:ident, $c:ident, $sr:literal, $x:expr) => {{
             let MixedBuffers {
                 params,
                 grads,
@@ -453,7 +670,7 @@ fn run_fused<S: Simd>(
             pytorch_per_variant(
                 simd,
                 &k,
-                Fused::<'_, T, $p, $g, $v, $c, $sr> {
+                Fused::<'_, T, $p, $g, $v, $c, $sr, { $x }> {
                     p: rw(Some(params)),
                     g,
                     v: rw(Some(square_avg)),
@@ -469,9 +686,20 @@ fn run_fused<S: Simd>(
         }};
     }
     match (p, g, v, c, sr) {
-        // Low precision: bf16 params and gradients, bf16 or f32 state.
-        (B, B, B, N, false) => go!(B, B, B, N, false),
-        (B, B, B, N, true) => go!(B, B, B, N, true),
+        // Low precision: bf16 params and gradients, bf16 or f32 state; all-bf16 without the
+        // pre-processing's identities, and with the conversion instruction where there is one.
+        (B, B, B, N, false) => match pre_flag | cvt {
+            0 => go!(B, B, B, N, false, 0),
+            PRE => go!(B, B, B, N, false, PRE),
+            CVT => go!(B, B, B, N, false, CVT),
+            _ => go!(B, B, B, N, false, PRE | CVT),
+        },
+        (B, B, B, N, true) => match pre_flag | cvt {
+            0 => go!(B, B, B, N, true, 0),
+            PRE => go!(B, B, B, N, true, PRE),
+            CVT => go!(B, B, B, N, true, CVT),
+            _ => go!(B, B, B, N, true, PRE | CVT),
+        },
         (B, B, N, N, false) => go!(B, B, N, N, false),
         (B, B, N, N, true) => go!(B, B, N, N, true),
         // Master weights: f32 params and state, 16-bit gradients, an optional 16-bit copy.

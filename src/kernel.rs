@@ -335,7 +335,10 @@ impl<S: Simd, T: Element, const C: bool, const M: bool, const W: bool, const X: 
     }
 }
 
-#[inline(always)]
+// Inlined into the pass in optimised builds; in unoptimised ones each variant keeps its own frame
+// (inlined, a pass holding every variant needs a frame the size of all of them: megabytes).
+#[cfg_attr(not(debug_assertions), inline(always))]
+#[cfg_attr(debug_assertions, inline(never))]
 fn run_pytorch<
     S: Simd,
     T: Element,
@@ -437,7 +440,10 @@ impl<
     }
 }
 
-#[inline(always)]
+// Inlined into the pass in optimised builds; in unoptimised ones each variant keeps its own frame
+// (inlined, a pass holding every variant needs a frame the size of all of them: megabytes).
+#[cfg_attr(not(debug_assertions), inline(always))]
+#[cfg_attr(debug_assertions, inline(never))]
 fn run_optax<
     S: Simd,
     T: Element,
@@ -520,7 +526,10 @@ impl<S: Simd, T: Element, const C: bool, const M: bool, const W: bool> VectorRul
     }
 }
 
-#[inline(always)]
+// Inlined into the pass in optimised builds; in unoptimised ones each variant keeps its own frame
+// (inlined, a pass holding every variant needs a frame the size of all of them: megabytes).
+#[cfg_attr(not(debug_assertions), inline(always))]
+#[cfg_attr(debug_assertions, inline(never))]
 fn run_keras<S: Simd, T: Element, B: Drive<T>, const C: bool, const M: bool, const W: bool>(
     simd: S,
     k: &Coefficients<T>,

@@ -50,6 +50,7 @@ mod hyper;
 mod kernel;
 mod mixed;
 pub mod reference;
+mod sqrt;
 pub mod storage;
 
 #[cfg(feature = "rayon")]
@@ -625,3 +626,18 @@ where
 #[cfg(all(doctest, feature = "safetensors"))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+
+/// Switches for tests only (not part of the API; no semver guarantee).
+#[doc(hidden)]
+pub mod __testing {
+    /// `false` makes the all-bf16 loops on AVX-512 round with integer operations even where the
+    /// CPU has AVX512-BF16's conversion instruction (both give the same bits; tests run both).
+    pub fn set_bf16_instruction(enabled: bool) {
+        crate::fused::NO_BF16_INSTRUCTION.store(!enabled, core::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the all-bf16 loops use AVX512-BF16's conversion instruction on this CPU now.
+    pub fn bf16_instruction() -> bool {
+        crate::fused::bf16_instruction()
+    }
+}

@@ -902,3 +902,23 @@ fn sixteen_bit_passes_prefer_the_widest_backend() {
     let scalar = Kernel::new().with_backend(Backend::scalar());
     assert_eq!(scalar.mixed_backend(), Backend::scalar());
 }
+
+/// The all-bf16 loops on AVX-512 with the integer rounding, on a CPU whose AVX512-BF16
+/// conversion instruction the `avx512` combos above use (both give the same bits). The switch
+/// is global: a test running meanwhile takes the integer path too, with the same results.
+#[test]
+#[cfg(target_arch = "x86_64")]
+#[cfg_attr(miri, ignore = "too slow under miri")]
+fn all_bf16_avx512_without_the_conversion_instruction() {
+    use rmsprop_simd::__testing::{bf16_instruction, set_bf16_instruction};
+    if !bf16_instruction() {
+        eprintln!(
+            "NOTE: this CPU has no AVX512-BF16 (or no AVX-512): the conversion instruction's \
+             path is NOT TESTED here; the integer rounding runs in the combos"
+        );
+    }
+    set_bf16_instruction(false);
+    check_combo::<bf16, bf16, bf16>(BackendKind::Avx512, "no_cvt", &short_lengths(), true);
+    special_grid::<bf16, bf16, bf16>(BackendKind::Avx512, "no_cvt");
+    set_bf16_instruction(true);
+}
