@@ -34,9 +34,10 @@ const H: u8 = 2;
 /// `X` flag: the gradient is pre-processed (scaled, clamped, multiplied); without it the
 /// identities are not executed.
 const PRE: u8 = 1;
-/// `X` flag: params and state (all bf16) are rounded in pairs of vectors by AVX512-BF16's
-/// `vcvtne2ps2bf16` (one instruction for 32 lanes, nearest-even as `half`; the rare vector with
-/// a subnormal lane takes the integer rounding, the instruction flushes subnormals).
+/// `X` flag: bf16 results are rounded by AVX512-BF16's `vcvtne2ps2bf16` (all-bf16: params and
+/// state in pairs of vectors, one instruction for 32 lanes; or the bf16 params copy), nearest-even
+/// as `half`; the rare vector with a subnormal lane takes the integer rounding (the instruction
+/// flushes subnormals).
 const CVT: u8 = 2;
 
 /// A buffer the pass writes: the native slice or the 16-bit one (the other is empty).
@@ -383,9 +384,8 @@ impl<
         idx: S::u32s,
         (p, v, ga, b): Updated<T::Vector<S>>,
     ) {
-        if X & CVT != 0 {
-            // All bf16 (checked by `run_fused`): params with square_avg, grad_avg with
-            // momentum_buffer.
+        if X & CVT != 0 && P == B && V == B {
+            // All bf16: params with square_avg, grad_avg with momentum_buffer.
             let w = T::lanes::<S>();
             let r = |key: S::u32s| SR.then(|| simd.xor_u32s(idx, key));
             let (p, v) = (T::to_f32s::<S>(p), T::to_f32s::<S>(v));
@@ -419,7 +419,21 @@ impl<
             return;
         }
         st::<S, T, P, SR>(simd, &mut self.p, i, p, k.keys[0], idx);
-        if C != N {
+        if X & CVT != 0 && C == B {
+            // The bf16 copy through the instruction (the second half is dropped).
+            let w = T::lanes::<S>();
+            let x = T::to_f32s::<S>(p);
+            let mut none = [0u16; MAX_LANES];
+            bf16_pair(
+                simd,
+                x,
+                x,
+                None,
+                None,
+                &mut self.c.h[i..i + w],
+                &mut none[..w],
+            );
+        } else if C != N {
             st::<S, T, C, false>(simd, &mut self.c, i, p, k.keys[0], idx);
         }
         st::<S, T, V, SR>(simd, &mut self.v, i, v, k.keys[1], idx);
@@ -586,7 +600,7 @@ fn run_avx512(
     k: Coefficients<f32>,
     bufs: MixedBuffers<'_, f32>,
 ) -> Result<(), MixedBuffers<'_, f32>> {
-    run_fused(simd, k, bufs)
+    run_fused::<_, true>(simd, k, bufs)
 }
 
 /// [`run_avx512`] on AVX2 + FMA.
@@ -598,12 +612,12 @@ fn run_avx2(
     k: Coefficients<f32>,
     bufs: MixedBuffers<'_, f32>,
 ) -> Result<(), MixedBuffers<'_, f32>> {
-    run_fused(simd, k, bufs)
+    run_fused::<_, false>(simd, k, bufs)
 }
 
 #[inline(always)]
 #[allow(clippy::result_large_err)]
-fn run_fused<S: Simd>(
+fn run_fused<S: Simd, const WITH_CVT: bool>(
     simd: S,
     k: Coefficients<f32>,
     bufs: MixedBuffers<'_, f32>,
@@ -646,9 +660,13 @@ fn run_fused<S: Simd>(
     } else {
         PRE
     };
-    // The conversion instruction: AVX-512 only (the flag is never set for AVX2's loops).
-    let is_v4 = core::any::TypeId::of::<S>() == core::any::TypeId::of::<pulp::x86::V4>();
-    let cvt = if is_v4 && bf16_instruction() { CVT } else { 0 };
+    // The conversion instruction: AVX-512 only (`WITH_CVT`: AVX2's loops do not compile the
+    // branches that use it).
+    let cvt = if WITH_CVT && bf16_instruction() {
+        CVT
+    } else {
+        0
+    };
     macro_rules! go {
         ($p:ident, $g:ident, $v:ident, $c:ident, $sr:literal) => {
             go!($p, $g, $v, $c, $sr, PRE)
@@ -691,20 +709,34 @@ fn run_fused<S: Simd>(
         (B, B, B, N, false) => match pre_flag | cvt {
             0 => go!(B, B, B, N, false, 0),
             PRE => go!(B, B, B, N, false, PRE),
-            CVT => go!(B, B, B, N, false, CVT),
-            _ => go!(B, B, B, N, false, PRE | CVT),
+            CVT if WITH_CVT => go!(B, B, B, N, false, CVT),
+            _ if WITH_CVT => go!(B, B, B, N, false, PRE | CVT),
+            // (Not reached: `cvt` is zero without `WITH_CVT`; the general loop is right anyway.)
+            _ => go!(B, B, B, N, false, PRE),
         },
         (B, B, B, N, true) => match pre_flag | cvt {
             0 => go!(B, B, B, N, true, 0),
             PRE => go!(B, B, B, N, true, PRE),
-            CVT => go!(B, B, B, N, true, CVT),
-            _ => go!(B, B, B, N, true, PRE | CVT),
+            CVT if WITH_CVT => go!(B, B, B, N, true, CVT),
+            _ if WITH_CVT => go!(B, B, B, N, true, PRE | CVT),
+            // (Not reached: `cvt` is zero without `WITH_CVT`; the general loop is right anyway.)
+            _ => go!(B, B, B, N, true, PRE),
         },
         (B, B, N, N, false) => go!(B, B, N, N, false),
         (B, B, N, N, true) => go!(B, B, N, N, true),
         // Master weights: f32 params and state, 16-bit gradients, an optional 16-bit copy.
-        (N, B, N, N, false) => go!(N, B, N, N, false),
-        (N, B, N, B, false) => go!(N, B, N, B, false),
+        (N, B, N, N, false) => match pre_flag {
+            0 => go!(N, B, N, N, false, 0),
+            _ => go!(N, B, N, N, false, PRE),
+        },
+        (N, B, N, B, false) => match pre_flag | cvt {
+            0 => go!(N, B, N, B, false, 0),
+            PRE => go!(N, B, N, B, false, PRE),
+            CVT if WITH_CVT => go!(N, B, N, B, false, CVT),
+            _ if WITH_CVT => go!(N, B, N, B, false, PRE | CVT),
+            // (Not reached: `cvt` is zero without `WITH_CVT`; the general loop is right anyway.)
+            _ => go!(N, B, N, B, false, PRE),
+        },
         (N, H, N, H, false) => go!(N, H, N, H, false),
         _ => Err(bufs),
     }

@@ -903,13 +903,14 @@ fn sixteen_bit_passes_prefer_the_widest_backend() {
     assert_eq!(scalar.mixed_backend(), Backend::scalar());
 }
 
-/// The all-bf16 loops on AVX-512 with the integer rounding, on a CPU whose AVX512-BF16
-/// conversion instruction the `avx512` combos above use (both give the same bits). The switch
+/// The all-bf16 loops and the master weights' bf16 copy on AVX-512 with the integer rounding, on
+/// a CPU whose AVX512-BF16 conversion instruction the `avx512` combos above use (both give the
+/// same bits). The switch
 /// is global: a test running meanwhile takes the integer path too, with the same results.
 #[test]
 #[cfg(target_arch = "x86_64")]
 #[cfg_attr(miri, ignore = "too slow under miri")]
-fn all_bf16_avx512_without_the_conversion_instruction() {
+fn bf16_rounding_on_avx512_without_the_conversion_instruction() {
     use rmsprop_simd::__testing::{bf16_instruction, set_bf16_instruction};
     if !bf16_instruction() {
         eprintln!(
@@ -920,5 +921,8 @@ fn all_bf16_avx512_without_the_conversion_instruction() {
     set_bf16_instruction(false);
     check_combo::<bf16, bf16, bf16>(BackendKind::Avx512, "no_cvt", &short_lengths(), true);
     special_grid::<bf16, bf16, bf16>(BackendKind::Avx512, "no_cvt");
+    // The bf16 params copy of master weights.
+    check_combo::<f32, bf16, f32>(BackendKind::Avx512, "no_cvt", &short_lengths(), true);
+    special_grid::<f32, bf16, f32>(BackendKind::Avx512, "no_cvt");
     set_bf16_instruction(true);
 }
