@@ -28,7 +28,10 @@
 //! stochastic rounding), f32 master weights with bf16 gradients and a fused bf16 copy, and the
 //! unfused pipeline that does the same in three passes (convert the gradients, f32 step, convert
 //! the parameters); each against a bandwidth probe with its own bytes per element and against the
-//! divider ceiling.
+//! divider ceiling. That ceiling is the instructions' (`vsqrtps` + `vdivps` per element): on
+//! AVX-512 (the 16-bit passes' default backend; the f32 kernel's when forced) the square root is
+//! computed without the divider (`src/sqrt.rs`, the same bits), so those passes can exceed it;
+//! their own divider bound (one `vdivps` per element) is about twice as high.
 
 use plotters::prelude::*;
 use pulp::{Simd, WithSimd};
@@ -53,8 +56,8 @@ fn seconds_per_call_each<D, const N: usize>(
 }
 
 /// Runs a pulp operation on the instruction set of `backend`, so the probes use the vectors the
-/// kernel uses (on Zen 4, AVX-512 division is slower per element than AVX2's: a probe on
-/// `pulp::Arch`'s first choice would understate the kernel's ceiling).
+/// kernel uses (on the development VM, an Intel Xeon, AVX-512 division is no faster per element
+/// than AVX2's: a probe on `pulp::Arch`'s first choice would misstate the kernel's ceiling).
 fn on_backend<Op: WithSimd>(backend: BackendKind, op: Op) -> Op::Output {
     match backend {
         #[cfg(target_arch = "x86_64")]

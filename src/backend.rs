@@ -98,10 +98,12 @@ impl Backend {
     /// without `std`); on aarch64 it asks the OS with `std`, and without `std` sees only the
     /// features enabled at compile time (NEON is on by default for aarch64 targets).
     ///
-    /// On x86 it prefers AVX2+FMA over AVX-512 when both are present unless the CPU is known to
-    /// gain from 512-bit vectors on this kernel: the kernel is bound by memory or by the
-    /// sqrt/div units, where AVX-512 gives no gain (measured on Zen 4) and can lower clocks on
-    /// some Intel parts. Force [`Backend::avx512`] to use it.
+    /// On x86 it prefers AVX2+FMA over AVX-512 when both are present: beyond the caches the f32
+    /// kernel is bound by memory, where AVX-512 gains nothing, and 512-bit vectors can lower
+    /// clocks on some Intel parts. In cache AVX-512 is now faster (its square root avoids the
+    /// divider, see `src/sqrt.rs`: 0.33 against 0.49 ns/element at 3e4 in one probe run on the
+    /// 2-core Intel Xeon development VM); the default has not been switched on that one figure.
+    /// Force [`Backend::avx512`] to use it.
     pub fn detect() -> Backend {
         // Order of preference; the first available wins.
         for kind in [BackendKind::Avx2Fma, BackendKind::Neon, BackendKind::Avx512] {
@@ -115,7 +117,7 @@ impl Backend {
     /// The fastest implementation for a pass with 16-bit storage (bf16/f16 params, grads,
     /// state or copy): AVX-512 first where the CPU has it, then as [`Backend::detect`]. Such a
     /// pass widens and rounds every 16-bit value with integer vector code, work that 512-bit
-    /// vectors halve (measured on Zen 4: all-bf16 steps 1.4-1.7x faster than on AVX2, while
+    /// vectors halve (measured on the development VM: all-bf16 steps 1.4-1.7x faster than on AVX2, while
     /// the f32 step gains nothing); [`crate::Kernel`] uses it for those passes by default.
     pub fn detect_mixed() -> Backend {
         Backend::avx512().unwrap_or_else(Backend::detect)

@@ -1,8 +1,12 @@
 //! The fused mixed loop: for the storage shapes training uses, PyTorch's rule and AVX-512 or
 //! AVX2, each vector is loaded (widened from 16-bit storage), its gradient pre-processed,
 //! stepped and rounded back in registers, so the conversions overlap the divider instead of
-//! adding to it (all-bf16 at 3e7 elements on AVX-512: 1.35x the f32 kernel's elements per
-//! second, against 0.74x staged; on AVX2 about 1.5x the staged pass in L2).
+//! adding to it. On AVX-512 the square root avoids the divider ([`crate::sqrt`]), and where the
+//! CPU has AVX512-BF16 the bf16 results are rounded by `vcvtne2ps2bf16` (params and state of
+//! all-bf16 storage in pairs of vectors, or the master weights' bf16 copy); without the gradient
+//! pre-processing its identity operations are not executed. (`roofline --mixed` at 3e7 elements,
+//! all-bf16: 1.6x the f32 kernel's elements per second, against 1.35x with the integer rounding
+//! and 0.74x staged.)
 //!
 //! Every buffer's format is a const generic, so each shape is its own branch-free loop. The
 //! code is bounded: seven shapes (`run_fused`) x PyTorch's 16 rule variants, on AVX-512 and
@@ -96,7 +100,42 @@ fn pad_tail<'p, X: Copy>(s: &[X], start: usize, w: usize, pad: &'p mut [X]) -> &
     &mut pad[..w]
 }
 
+/// `s[..len]`, or empty if `s` is.
+#[inline(always)]
+fn cut<X>(s: &mut [X], len: usize) -> &mut [X] {
+    if s.is_empty() {
+        s
+    } else {
+        &mut s[..len]
+    }
+}
+
 impl<T: Copy> Rw<'_, T> {
+    /// The first `len` elements (of the non-empty slice).
+    #[inline(always)]
+    fn head(&mut self, len: usize) -> Rw<'_, T> {
+        Rw {
+            n: cut(self.n, len),
+            h: cut(self.h, len),
+        }
+    }
+
+    /// The first `len` elements of the slice of format `F` (which must hold them).
+    #[inline(always)]
+    fn head_of<const F: u8>(&mut self, len: usize) -> Rw<'_, T> {
+        if F == N {
+            Rw {
+                n: &mut self.n[..len],
+                h: &mut [],
+            }
+        } else {
+            Rw {
+                n: &mut [],
+                h: &mut self.h[..len],
+            }
+        }
+    }
+
     /// The elements from `start` on, copied into `pad` and lengthened to `w`.
     #[inline(always)]
     fn pad<'p>(&self, start: usize, w: usize, pad: &'p mut Pad<T>) -> Rw<'p, T> {
@@ -340,6 +379,40 @@ impl<
         const X: u8,
     > Fused<'_, T, P, G, V, C, SR, X>
 {
+    /// The first `len` elements of every buffer. The slices a format says are present are cut
+    /// unconditionally, so the compiler knows their length is `len`.
+    #[inline(always)]
+    fn head(&mut self, len: usize) -> Fused<'_, T, P, G, V, C, SR, X> {
+        Fused {
+            p: self.p.head_of::<P>(len),
+            g: if G == N {
+                Ro {
+                    n: &self.g.n[..len],
+                    h: &[],
+                }
+            } else {
+                Ro {
+                    n: &[],
+                    h: &self.g.h[..len],
+                }
+            },
+            v: self.v.head_of::<V>(len),
+            a: self.a.head(len),
+            b: self.b.head(len),
+            c: if C == N {
+                Rw {
+                    n: &mut [],
+                    h: &mut [],
+                }
+            } else {
+                self.c.head_of::<C>(len)
+            },
+            pre: self.pre,
+            keys: self.keys,
+            base: self.base,
+        }
+    }
+
     /// The vector at `i`, stepped (not yet stored).
     #[inline(always)]
     fn step<S: Simd, R: VectorRule<S, T>>(
@@ -479,16 +552,19 @@ impl<
         // the rounding of a result that waits on the divider does not fill the scheduler ahead
         // of the next vector's loads (a plain loop ran at half the speed).
         if full > 0 {
-            let mut out = self.step(simd, rule, &k, 0);
+            // Every buffer cut to exactly `full`, and the loop condition the bounds check's own
+            // (`i + w <= full`): the compiler drops the per-buffer checks from the loop.
+            let mut head = self.head(full);
+            let mut out = head.step(simd, rule, &k, 0);
             let mut i = w;
-            while i < full {
-                let next = self.step(simd, rule, &k, i);
-                self.store::<S, R>(simd, &k, i - w, idx, out);
+            while i + w <= full {
+                let next = head.step(simd, rule, &k, i);
+                head.store::<S, R>(simd, &k, i - w, idx, out);
                 out = next;
                 idx = simd.add_u32s(idx, step);
                 i += w;
             }
-            self.store::<S, R>(simd, &k, full - w, idx, out);
+            head.store::<S, R>(simd, &k, full - w, idx, out);
             idx = simd.add_u32s(idx, step);
         }
         if full < n {

@@ -34,7 +34,7 @@ pub enum Threading {
 /// Steps shorter than this (in elements, summed over every tensor of a multi-tensor step) run
 /// on the calling thread under [`Threading::Parallel`]; longer ones are cut into tasks of at least
 /// half of it. Below it, handing work to rayon's sleeping threads (tens of microseconds on a busy
-/// VM) can cost more than the second core saves. Measured on the 2-core Zen 4 development VM
+/// VM) can cost more than the second core saves. Measured on the 2-core development VM
 /// (`cargo run --release --example roofline -- --threshold`, f32 plain, serial vs the same buffer
 /// split into two tasks, three runs): 0.61-1.40x at 98304 elements, 0.90-1.51x at 131072,
 /// 1.27-1.69x at 196608, 1.11-1.64x at 262144; hence 196608 (the old 262144 left 1.3-1.7x on the
