@@ -631,6 +631,49 @@ int32_t rmsprop_step_mixed(struct RmspropContext *ctx,
                            uint16_t *params_copy,
                            int32_t copy_dtype);
 
+/*
+ One RMSprop step over `count` tensors stored as `float`, bfloat16 or binary16, in one call
+ (one optimizer step of a mixed-precision model): [`rmsprop_step_mixed`] for each tensor,
+ with the options `*options` (NULL: the defaults) shared by all.
+
+ Each array has `count` entries; tensor `i` has `lens[i]` elements, hyperparameters
+ `*hps[i]`, dtypes `params_dtypes[i]`, `grads_dtypes[i]`, `state_dtypes[i]` (its
+ `square_avg`, `grad_avg`, `momentum_buffer`) and, when `params_copy` is not NULL,
+ `copy_dtypes[i]` (`RMSPROP_DTYPE_NONE` for no copy of that tensor). `grads[i] == NULL`
+ means no gradient this step: the tensor is left untouched, as PyTorch does. `grad_avg`,
+ `momentum_buffer`, `params_copy` (with `copy_dtypes`) may be NULL arrays when no tensor
+ uses them. Buffer rules as in the single-tensor call.
+
+ Under stochastic rounding tensor `i` draws its random bits with the seed
+ `seed ^ (i * 0x9E3779B97F4A7C15)` (64-bit, wrapping) and the options' step, so no two tensors
+ share a stream; each tensor's result equals `rmsprop_step_mixed` with that seed, bit for
+ bit. Tensors run one after another, each on the context's pool when it is long enough.
+
+ Every tensor is checked before any is written: on error nothing has been written and the
+ context's message names the tensor.
+
+ # Safety
+ `ctx` is a live context; `options` NULL or readable for its `struct_size`; each array NULL
+ (only where allowed above, or when `count == 0`) or readable for `count` entries; each
+ `hps[i]` readable for its `struct_size`; each buffer valid for `lens[i]` elements of its
+ dtype as in the single-tensor call, not written by anyone else during the call.
+ */
+int32_t rmsprop_step_multi_mixed(struct RmspropContext *ctx,
+                                 size_t count,
+                                 const struct RmspropHyperparameters *const *hps,
+                                 const struct RmspropStepOptions *options,
+                                 const size_t *lens,
+                                 void *const *params,
+                                 const int32_t *params_dtypes,
+                                 const void *const *grads,
+                                 const int32_t *grads_dtypes,
+                                 void *const *square_avg,
+                                 void *const *grad_avg,
+                                 void *const *momentum_buffer,
+                                 const int32_t *state_dtypes,
+                                 uint16_t *const *params_copy,
+                                 const int32_t *copy_dtypes);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif  // __cplusplus

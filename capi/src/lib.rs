@@ -1693,5 +1693,410 @@ pub unsafe extern "C" fn rmsprop_step_mixed(
     })
 }
 
+/// One tensor of [`rmsprop_step_multi_mixed`], read and checked.
+struct MixedTensor {
+    index: usize,
+    hp: Hyperparameters,
+    len: usize,
+    params: *mut c_void,
+    params_dtype: i32,
+    grads: *const c_void,
+    grads_dtype: i32,
+    square_avg: *mut c_void,
+    grad_avg: *mut c_void,
+    momentum_buffer: *mut c_void,
+    state_dtype: i32,
+    copy: *mut u16,
+    copy_dtype: i32,
+}
+
+/// The element size of a storage dtype code (checked before).
+fn dtype_size(dtype: i32) -> usize {
+    if dtype == RMSPROP_DTYPE_F32 {
+        4
+    } else {
+        2
+    }
+}
+
+/// Checks one pointer of a tensor with its dtype's element size and alignment.
+fn check_dtype_ptr(
+    tensor: usize,
+    name: &'static str,
+    ptr: *const c_void,
+    dtype: i32,
+    len: usize,
+    written: bool,
+) -> Result<Raw, (i32, String)> {
+    if dtype_size(dtype) == 4 {
+        check_ptr(Some(tensor), name, ptr as *const f32, len, written)
+    } else {
+        check_ptr(Some(tensor), name, ptr as *const u16, len, written)
+    }
+}
+
+impl MixedTensor {
+    /// Checks the dtypes, the hyperparameters with the options (by validating a step on empty
+    /// buffers: the same checks, in `float`, as the step itself), and every pointer; pushes the
+    /// buffers for the overlap check. Nothing is written.
+    fn check(
+        &self,
+        kernel: &Kernel,
+        options: &StepOptions,
+        raws: &mut Vec<Option<Raw>>,
+    ) -> Result<(), (i32, String)> {
+        let i = self.index;
+        for (name, dtype) in [
+            ("params_dtypes", self.params_dtype),
+            ("grads_dtypes", self.grads_dtype),
+            ("state_dtypes", self.state_dtype),
+        ] {
+            if !(RMSPROP_DTYPE_F32..=RMSPROP_DTYPE_F16).contains(&dtype) {
+                return Err((
+                    RMSPROP_ERROR_UNSUPPORTED_DTYPE,
+                    format!(
+                        "tensor {i}: {name}[{i}] {dtype} is not RMSPROP_DTYPE_F32, _BF16 or _F16"
+                    ),
+                ));
+            }
+        }
+        if ![RMSPROP_DTYPE_NONE, RMSPROP_DTYPE_BF16, RMSPROP_DTYPE_F16].contains(&self.copy_dtype) {
+            return Err((
+                RMSPROP_ERROR_UNSUPPORTED_DTYPE,
+                format!(
+                    "tensor {i}: copy_dtypes[{i}] {} is not RMSPROP_DTYPE_NONE, _BF16 or _F16",
+                    self.copy_dtype
+                ),
+            ));
+        }
+        let (centered, momentum) = self.hp.uses_state();
+        {
+            let (mut ga, mut mb, mut copy) = ([0f32; 0], [0f32; 0], [bf16::ZERO; 0]);
+            let mut state = State::new(&mut [][..]);
+            if centered {
+                state = state.with_grad_avg(&mut ga[..]);
+            }
+            if momentum {
+                state = state.with_momentum_buffer(&mut mb[..]);
+            }
+            let copy =
+                (self.copy_dtype != RMSPROP_DTYPE_NONE).then(|| ParamsCopy::Bf16(&mut copy[..]));
+            kernel
+                .with_threading(Threading::Serial)
+                .step_with::<f32, f32, f32>(&self.hp, options, &mut [], &[], state, copy)
+                .map_err(|e| (code_of(&e), format!("tensor {i}: {e}")))?;
+        }
+        let len = self.len;
+        raws.push(Some(check_dtype_ptr(
+            i,
+            "params",
+            self.params,
+            self.params_dtype,
+            len,
+            true,
+        )?));
+        raws.push(Some(check_dtype_ptr(
+            i,
+            "grads",
+            self.grads,
+            self.grads_dtype,
+            len,
+            false,
+        )?));
+        raws.push(Some(check_dtype_ptr(
+            i,
+            "square_avg",
+            self.square_avg,
+            self.state_dtype,
+            len,
+            true,
+        )?));
+        for (name, ptr, needed, when) in [
+            ("grad_avg", self.grad_avg, centered, "centered"),
+            (
+                "momentum_buffer",
+                self.momentum_buffer,
+                momentum,
+                "momentum > 0",
+            ),
+        ] {
+            match (needed, ptr.is_null()) {
+                (true, true) if len > 0 => {
+                    return Err((
+                        RMSPROP_ERROR_MISSING_STATE,
+                        format!("tensor {i}: {name} is NULL; it is required when {when}"),
+                    ))
+                }
+                (false, false) => {
+                    return Err((
+                        RMSPROP_ERROR_UNEXPECTED_STATE,
+                        format!("tensor {i}: {name} is given; it is used only when {when}"),
+                    ))
+                }
+                (true, false) => raws.push(Some(check_dtype_ptr(
+                    i,
+                    name,
+                    ptr,
+                    self.state_dtype,
+                    len,
+                    true,
+                )?)),
+                _ => {}
+            }
+        }
+        if self.copy_dtype != RMSPROP_DTYPE_NONE {
+            raws.push(Some(check_ptr(
+                Some(i),
+                "params_copy",
+                self.copy as *const u16,
+                len,
+                true,
+            )?));
+        } else if !self.copy.is_null() {
+            return Err((
+                RMSPROP_ERROR_UNSUPPORTED_DTYPE,
+                format!("tensor {i}: params_copy is given with copy_dtype RMSPROP_DTYPE_NONE"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Steps the tensor with its typed buffers.
+    ///
+    /// # Safety
+    /// `check` passed for this tensor, with the overlap check over every tensor of the call;
+    /// the caller's contract of [`rmsprop_step_multi_mixed`].
+    unsafe fn run(&self, kernel: &Kernel, options: &StepOptions) -> Result<(), Error> {
+        // One typed body per (params, grads, state) dtype, as in `rmsprop_step_mixed`.
+        macro_rules! typed {
+            ($p:ty) => {
+                typed!($p, self.grads_dtype)
+            };
+            ($p:ty, $g:expr) => {
+                match $g {
+                    RMSPROP_DTYPE_F32 => typed!($p, f32, self.state_dtype),
+                    RMSPROP_DTYPE_BF16 => typed!($p, bf16, self.state_dtype),
+                    _ => typed!($p, f16, self.state_dtype),
+                }
+            };
+            ($p:ty, $g:ty, $s:expr) => {
+                match $s {
+                    RMSPROP_DTYPE_F32 => typed!(@go $p, $g, f32),
+                    RMSPROP_DTYPE_BF16 => typed!(@go $p, $g, bf16),
+                    _ => typed!(@go $p, $g, f16),
+                }
+            };
+            (@go $p:ty, $g:ty, $s:ty) => {
+                // SAFETY: the function's contract; each pointer of its dtype's type.
+                unsafe { self.run_typed::<$p, $g, $s>(kernel, options) }
+            };
+        }
+        match self.params_dtype {
+            RMSPROP_DTYPE_F32 => typed!(f32),
+            RMSPROP_DTYPE_BF16 => typed!(bf16),
+            _ => typed!(f16),
+        }
+    }
+
+    /// # Safety
+    /// As [`MixedTensor::run`], with `P`, `G`, `S` the types the dtypes name.
+    unsafe fn run_typed<P, G, S>(&self, kernel: &Kernel, options: &StepOptions) -> Result<(), Error>
+    where
+        P: Storage<Compute = f32>,
+        G: Storage<Compute = f32>,
+        S: Storage<Compute = f32>,
+    {
+        let len = self.len;
+        let (centered, momentum) = self.hp.uses_state();
+        // SAFETY: every pointer checked (NULL only with length 0 or when unused, aligned, in
+        // range, written buffers disjoint from all buffers of every tensor); valid for `len`
+        // elements during the call by the caller's contract.
+        unsafe {
+            let params = slice_mut(self.params.cast::<P>(), len);
+            let grads = slice(self.grads.cast::<G>(), len);
+            let mut state = State::new(slice_mut(self.square_avg.cast::<S>(), len));
+            if centered {
+                state = state.with_grad_avg(slice_mut(self.grad_avg.cast::<S>(), len));
+            }
+            if momentum {
+                state =
+                    state.with_momentum_buffer(slice_mut(self.momentum_buffer.cast::<S>(), len));
+            }
+            let copy = match self.copy_dtype {
+                RMSPROP_DTYPE_NONE => None,
+                RMSPROP_DTYPE_BF16 => Some(ParamsCopy::Bf16(slice_mut(self.copy.cast(), len))),
+                _ => Some(ParamsCopy::F16(slice_mut(self.copy.cast(), len))),
+            };
+            kernel.step_with(&self.hp, options, params, grads, state, copy)
+        }
+    }
+}
+
+/// The stochastic-rounding key of tensor `index` of a multi-tensor step: the seed mixed with the
+/// tensor's index (as Rust's `RmsProp::step_with` does), so tensors do not share random bits.
+fn tensor_options(options: &StepOptions, index: usize) -> StepOptions {
+    let mut o = *options;
+    if let Rounding::Stochastic { seed, step } = o.rounding {
+        o.rounding = Rounding::Stochastic {
+            seed: seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            step,
+        };
+    }
+    o
+}
+
+/// One RMSprop step over `count` tensors stored as `float`, bfloat16 or binary16, in one call
+/// (one optimizer step of a mixed-precision model): [`rmsprop_step_mixed`] for each tensor,
+/// with the options `*options` (NULL: the defaults) shared by all.
+///
+/// Each array has `count` entries; tensor `i` has `lens[i]` elements, hyperparameters
+/// `*hps[i]`, dtypes `params_dtypes[i]`, `grads_dtypes[i]`, `state_dtypes[i]` (its
+/// `square_avg`, `grad_avg`, `momentum_buffer`) and, when `params_copy` is not NULL,
+/// `copy_dtypes[i]` (`RMSPROP_DTYPE_NONE` for no copy of that tensor). `grads[i] == NULL`
+/// means no gradient this step: the tensor is left untouched, as PyTorch does. `grad_avg`,
+/// `momentum_buffer`, `params_copy` (with `copy_dtypes`) may be NULL arrays when no tensor
+/// uses them. Buffer rules as in the single-tensor call.
+///
+/// Under stochastic rounding tensor `i` draws its random bits with the seed
+/// `seed ^ (i * 0x9E3779B97F4A7C15)` (64-bit, wrapping) and the options' step, so no two tensors
+/// share a stream; each tensor's result equals `rmsprop_step_mixed` with that seed, bit for
+/// bit. Tensors run one after another, each on the context's pool when it is long enough.
+///
+/// Every tensor is checked before any is written: on error nothing has been written and the
+/// context's message names the tensor.
+///
+/// # Safety
+/// `ctx` is a live context; `options` NULL or readable for its `struct_size`; each array NULL
+/// (only where allowed above, or when `count == 0`) or readable for `count` entries; each
+/// `hps[i]` readable for its `struct_size`; each buffer valid for `lens[i]` elements of its
+/// dtype as in the single-tensor call, not written by anyone else during the call.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn rmsprop_step_multi_mixed(
+    ctx: *mut RmspropContext,
+    count: usize,
+    hps: *const *const RmspropHyperparameters,
+    options: *const RmspropStepOptions,
+    lens: *const usize,
+    params: *const *mut c_void,
+    params_dtypes: *const i32,
+    grads: *const *const c_void,
+    grads_dtypes: *const i32,
+    square_avg: *const *mut c_void,
+    grad_avg: *const *mut c_void,
+    momentum_buffer: *const *mut c_void,
+    state_dtypes: *const i32,
+    params_copy: *const *mut u16,
+    copy_dtypes: *const i32,
+) -> i32 {
+    // SAFETY: NULL or live (contract).
+    let Some(ctx) = (unsafe { ctx.as_ref() }) else {
+        return RMSPROP_ERROR_NULL_POINTER;
+    };
+    guarded(Some(ctx), || {
+        // SAFETY: the caller's contract, forwarded.
+        let options = match unsafe { step_options(options) } {
+            Ok(o) => o,
+            Err((code, why)) => return ctx.fail(code, why),
+        };
+        if count > 0 {
+            for (name, array) in [
+                ("hps", hps as *const c_void),
+                ("lens", lens.cast()),
+                ("params", params.cast()),
+                ("params_dtypes", params_dtypes.cast()),
+                ("grads", grads.cast()),
+                ("grads_dtypes", grads_dtypes.cast()),
+                ("square_avg", square_avg.cast()),
+                ("state_dtypes", state_dtypes.cast()),
+            ] {
+                if array.is_null() {
+                    return ctx.fail(
+                        RMSPROP_ERROR_NULL_POINTER,
+                        format!("the {name} array is NULL but count is {count}"),
+                    );
+                }
+            }
+            if params_copy.is_null() != copy_dtypes.is_null() {
+                return ctx.fail(
+                    RMSPROP_ERROR_NULL_POINTER,
+                    "params_copy and copy_dtypes must both be NULL or both be given",
+                );
+            }
+        }
+        let mut tensors = Vec::with_capacity(count);
+        let mut raws = Vec::with_capacity(count * 6);
+        for i in 0..count {
+            // SAFETY: each array is readable for `count` entries (contract; the optional ones
+            // may be NULL arrays).
+            let (g, hp) = unsafe { (grads.add(i).read(), hps.add(i).read()) };
+            if g.is_null() {
+                continue; // no gradient this step: the tensor is left untouched
+            }
+            // SAFETY: as above; `hp` readable for its struct_size (contract).
+            let hp = match unsafe { hyperparameters(hp) } {
+                Ok(hp) => hp,
+                Err((code, why)) => return ctx.fail(code, format!("tensor {i}: {why}")),
+            };
+            // SAFETY: as above.
+            let t = unsafe {
+                MixedTensor {
+                    index: i,
+                    hp,
+                    len: lens.add(i).read(),
+                    params: params.add(i).read(),
+                    params_dtype: params_dtypes.add(i).read(),
+                    grads: g,
+                    grads_dtype: grads_dtypes.add(i).read(),
+                    square_avg: square_avg.add(i).read(),
+                    grad_avg: entry(grad_avg, i, core::ptr::null_mut()),
+                    momentum_buffer: entry(momentum_buffer, i, core::ptr::null_mut()),
+                    state_dtype: state_dtypes.add(i).read(),
+                    copy: entry(params_copy, i, core::ptr::null_mut()),
+                    copy_dtype: entry(copy_dtypes, i, RMSPROP_DTYPE_NONE),
+                }
+            };
+            if let Err((code, why)) = t.check(&ctx.kernel, &tensor_options(&options, i), &mut raws)
+            {
+                return ctx.fail(code, why);
+            }
+            tensors.push(t);
+        }
+        if let Err((code, why)) = check_overlaps(&mut raws) {
+            return ctx.fail(code, why);
+        }
+        let total = tensors.iter().map(|t| t.len).sum();
+        // Raw pointers are not `Send`: the checked tensors cross into the pool as an address.
+        let tensors = SendTensors(&tensors);
+        ctx.run(total, false, move |kernel| {
+            for t in tensors.get() {
+                // SAFETY: every tensor checked above, overlaps across all of them; the caller's
+                // contract.
+                unsafe { t.run(&kernel, &tensor_options(&options, t.index)) }.map_err(|error| {
+                    StepManyError {
+                        tensor: t.index,
+                        error,
+                    }
+                })?;
+            }
+            Ok(())
+        })
+    })
+}
+
+/// The checked tensors of a multi-tensor mixed step, handed to the context's pool.
+struct SendTensors<'a>(&'a [MixedTensor]);
+
+impl SendTensors<'_> {
+    /// The tensors (a method, so a closure captures the whole wrapper, not its field).
+    fn get(&self) -> &[MixedTensor] {
+        self.0
+    }
+}
+// SAFETY: the pointers are only dereferenced by the one step that runs them, while the caller's
+// contract keeps the buffers valid and unshared for the call; the calling thread waits.
+#[allow(unsafe_code)]
+unsafe impl Send for SendTensors<'_> {}
+
 #[cfg(test)]
 mod tests;

@@ -651,3 +651,294 @@ fn mixed_errors_write_nothing() {
     // SAFETY: created above, freed once.
     unsafe { rmsprop_context_free(ctx) };
 }
+
+/// A buffer of `n` elements of `dtype` (f32 or 16-bit bits), in `u32` words (4-aligned).
+fn dtype_buffer(dtype: i32, n: usize, f: impl Fn(usize) -> f32) -> Vec<u32> {
+    let mut words = vec![0u32; n];
+    match dtype {
+        RMSPROP_DTYPE_F32 => words
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, w)| *w = f(i).to_bits()),
+        _ => {
+            // SAFETY: `u16` has no invalid values and a smaller alignment; 2n halves of n words.
+            let h: &mut [u16] =
+                unsafe { core::slice::from_raw_parts_mut(words.as_mut_ptr().cast(), 2 * n) };
+            for (i, x) in h[..n].iter_mut().enumerate() {
+                *x = match dtype {
+                    RMSPROP_DTYPE_BF16 => bf16::from_f32(f(i)).to_bits(),
+                    _ => f16::from_f32(f(i)).to_bits(),
+                };
+            }
+        }
+    }
+    words
+}
+
+/// One tensor of a multi-tensor mixed step: dtypes, hyperparameters and its buffers.
+#[derive(Clone)]
+struct MixedCase {
+    dtypes: [i32; 4], // params, grads, state, copy
+    hp: RmspropHyperparameters,
+    n: usize,
+    bufs: [Vec<u32>; 6], // params, grads, square_avg, grad_avg, momentum_buffer, copy
+    no_grad: bool,
+}
+
+impl MixedCase {
+    fn new(dtypes: [i32; 4], hp: RmspropHyperparameters, n: usize, seed: usize) -> Self {
+        let v = |k: usize| move |i: usize| ((i * 7 + seed * 13 + k * 5) % 23) as f32 * 0.01 + 0.005;
+        let [pd, gd, sd, _] = dtypes;
+        MixedCase {
+            dtypes,
+            hp,
+            n,
+            bufs: [
+                dtype_buffer(pd, n, v(1)),
+                dtype_buffer(gd, n, |i| v(2)(i) * 512.0 - 3.0),
+                dtype_buffer(sd, n, v(3)),
+                dtype_buffer(sd, n, |i| v(4)(i) * 0.01),
+                dtype_buffer(sd, n, v(5)),
+                vec![0x7777_7777; n],
+            ],
+            no_grad: false,
+        }
+    }
+
+    fn ptr(&mut self, k: usize) -> *mut c_void {
+        let (centered, momentum) = (self.hp.centered != 0, self.hp.momentum > 0.0);
+        let used = match k {
+            3 => centered,
+            4 => momentum,
+            5 => self.dtypes[3] != RMSPROP_DTYPE_NONE,
+            1 => !self.no_grad,
+            _ => true,
+        };
+        if used {
+            self.bufs[k].as_mut_ptr().cast()
+        } else {
+            core::ptr::null_mut()
+        }
+    }
+}
+
+/// Steps `cases` with one `rmsprop_step_multi_mixed` call.
+fn multi_mixed_call(
+    ctx: *mut RmspropContext,
+    cases: &mut [MixedCase],
+    o: &RmspropStepOptions,
+) -> i32 {
+    let hps: Vec<*const RmspropHyperparameters> = cases.iter().map(|c| &c.hp as *const _).collect();
+    let lens: Vec<usize> = cases.iter().map(|c| c.n).collect();
+    let d = |k: usize| cases.iter().map(|c| c.dtypes[k]).collect::<Vec<i32>>();
+    let (pd, gd, sd, cd) = (d(0), d(1), d(2), d(3));
+    let ptrs =
+        |k: usize, cases: &mut [MixedCase]| cases.iter_mut().map(|c| c.ptr(k)).collect::<Vec<_>>();
+    let (p, g, v, ga, b, c) = (
+        ptrs(0, cases),
+        ptrs(1, cases),
+        ptrs(2, cases),
+        ptrs(3, cases),
+        ptrs(4, cases),
+        ptrs(5, cases),
+    );
+    let g: Vec<*const c_void> = g.into_iter().map(|x| x as *const c_void).collect();
+    let c: Vec<*mut u16> = c.into_iter().map(|x| x.cast()).collect();
+    // SAFETY: live context and structs; every array of `cases.len()` entries; buffers of their
+    // lengths and dtypes.
+    unsafe {
+        rmsprop_step_multi_mixed(
+            ctx,
+            cases.len(),
+            hps.as_ptr(),
+            o,
+            lens.as_ptr(),
+            p.as_ptr(),
+            pd.as_ptr(),
+            g.as_ptr(),
+            gd.as_ptr(),
+            v.as_ptr(),
+            ga.as_ptr(),
+            b.as_ptr(),
+            sd.as_ptr(),
+            c.as_ptr(),
+            cd.as_ptr(),
+        )
+    }
+}
+
+fn mixed_cases(n: usize) -> Vec<MixedCase> {
+    use {RMSPROP_DTYPE_BF16 as B, RMSPROP_DTYPE_F16 as H, RMSPROP_DTYPE_F32 as F};
+    let mut skipped = MixedCase::new([B, B, B, RMSPROP_DTYPE_NONE], hp(0.0, false), n, 2);
+    skipped.no_grad = true;
+    vec![
+        MixedCase::new([F, B, F, B], hp(0.9, false), n, 0),
+        MixedCase::new([B, B, B, RMSPROP_DTYPE_NONE], hp(0.0, true), n + 3, 1),
+        skipped,
+        MixedCase::new([H, H, F, RMSPROP_DTYPE_NONE], hp(0.0, false), n / 2, 3),
+        MixedCase::new([F, H, F, H], hp(0.5, true), 5, 4),
+    ]
+}
+
+/// `rmsprop_step_multi_mixed` equals one `rmsprop_step_mixed` per tensor (with the tensor's
+/// seed), bit for bit, serial and on a pool; a tensor without gradient is untouched.
+#[test]
+fn multi_mixed_equals_single_calls() {
+    let n = if cfg!(miri) { 21 } else { 3001 };
+    let contexts = if cfg!(miri) {
+        vec![context(1, 0)]
+    } else {
+        vec![context(1, 0), context(2, 64)]
+    };
+    for &ctx in &contexts {
+        for o in [
+            step_options_struct(1.0, None, false),
+            step_options_struct(1024.0, Some(0.5), true),
+        ] {
+            let start = mixed_cases(n);
+            let mut multi = start.clone();
+            assert_eq!(
+                multi_mixed_call(ctx, &mut multi, &o),
+                RMSPROP_OK,
+                "{}",
+                message(ctx)
+            );
+            let mut single = start.clone();
+            for (i, c) in single.iter_mut().enumerate() {
+                if c.no_grad {
+                    continue;
+                }
+                let mut oi = o;
+                oi.seed ^= (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                let (p, g, v, ga, b, cp) =
+                    (c.ptr(0), c.ptr(1), c.ptr(2), c.ptr(3), c.ptr(4), c.ptr(5));
+                // SAFETY: live context and structs; buffers of `c.n` elements of their dtypes.
+                let code = unsafe {
+                    rmsprop_step_mixed(
+                        ctx,
+                        &c.hp,
+                        &oi,
+                        c.n,
+                        p,
+                        c.dtypes[0],
+                        g,
+                        c.dtypes[1],
+                        v,
+                        ga,
+                        b,
+                        c.dtypes[2],
+                        cp.cast(),
+                        c.dtypes[3],
+                    )
+                };
+                assert_eq!(code, RMSPROP_OK, "{}", message(ctx));
+            }
+            for (i, (m, s)) in multi.iter().zip(&single).enumerate() {
+                assert!(
+                    m.bufs == s.bufs,
+                    "tensor {i} differs from its single-tensor step"
+                );
+            }
+            assert!(
+                multi[2].bufs == start[2].bufs,
+                "the tensor without gradient was written"
+            );
+            assert!(multi[0].bufs != start[0].bufs, "nothing was stepped");
+        }
+    }
+    for ctx in contexts {
+        // SAFETY: created above, freed once.
+        unsafe { rmsprop_context_free(ctx) };
+    }
+}
+
+/// Any bad tensor refuses the whole call before anything is written, naming the tensor.
+#[test]
+fn multi_mixed_errors_write_nothing() {
+    let ctx = context(1, 0);
+    let o = step_options_struct(1.0, None, false);
+    let start = mixed_cases(40);
+    let check = |mutate: &dyn Fn(&mut Vec<MixedCase>), code: i32, tensor: &str| {
+        let mut cases = start.clone();
+        mutate(&mut cases);
+        let before = cases.clone();
+        assert_eq!(
+            multi_mixed_call(ctx, &mut cases, &o),
+            code,
+            "{}",
+            message(ctx)
+        );
+        assert!(message(ctx).contains(tensor), "{}", message(ctx));
+        for (a, b) in cases.iter().zip(&before) {
+            assert!(
+                a.bufs == b.bufs,
+                "written despite the error: {}",
+                message(ctx)
+            );
+        }
+    };
+    check(
+        &|c| c[3].dtypes[1] = 9,
+        RMSPROP_ERROR_UNSUPPORTED_DTYPE,
+        "tensor 3",
+    );
+    check(
+        &|c| c[4].dtypes[3] = RMSPROP_DTYPE_F32,
+        RMSPROP_ERROR_UNSUPPORTED_DTYPE,
+        "tensor 4",
+    );
+    check(
+        &|c| c[1].hp.lr = -1.0,
+        RMSPROP_ERROR_INVALID_HYPERPARAMETER,
+        "tensor 1",
+    );
+    // lr overflows f32 (the step computes in float): refused before tensor 0 is written.
+    check(
+        &|c| c[3].hp.lr = 1e300,
+        RMSPROP_ERROR_INVALID_HYPERPARAMETER,
+        "tensor 3",
+    );
+    // Tensor 1's params are tensor 0's square_avg: an overlap across tensors.
+    let mut cases = start.clone();
+    let before = cases.clone();
+    let lens = [8usize, 8];
+    let (pd, gd, sd) = (
+        [RMSPROP_DTYPE_F32; 2],
+        [RMSPROP_DTYPE_F32; 2],
+        [RMSPROP_DTYPE_F32; 2],
+    );
+    let shared = cases[0].bufs[2].as_mut_ptr().cast::<c_void>();
+    let p = [cases[0].bufs[0].as_mut_ptr().cast::<c_void>(), shared];
+    let g = [
+        cases[0].bufs[1].as_ptr().cast::<c_void>(),
+        cases[1].bufs[1].as_ptr().cast(),
+    ];
+    let v = [shared, cases[1].bufs[2].as_mut_ptr().cast()];
+    let mut h0 = hp(0.0, false);
+    h0.lr = 0.5;
+    let hps2 = [&h0 as *const _, &h0 as *const _];
+    // SAFETY: live context; 2-entry arrays; f32 buffers of at least 8 elements.
+    let code = unsafe {
+        rmsprop_step_multi_mixed(
+            ctx,
+            2,
+            hps2.as_ptr(),
+            &o,
+            lens.as_ptr(),
+            p.as_ptr(),
+            pd.as_ptr(),
+            g.as_ptr(),
+            gd.as_ptr(),
+            v.as_ptr(),
+            core::ptr::null(),
+            core::ptr::null(),
+            sd.as_ptr(),
+            core::ptr::null(),
+            core::ptr::null(),
+        )
+    };
+    assert_eq!(code, RMSPROP_ERROR_OVERLAP, "{}", message(ctx));
+    assert!(cases.iter().zip(&before).all(|(a, b)| a.bufs == b.bufs));
+    // SAFETY: created above, freed once.
+    unsafe { rmsprop_context_free(ctx) };
+}

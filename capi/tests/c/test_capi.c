@@ -767,6 +767,77 @@ static void test_mixed(void) {
     }
 }
 
+/* rmsprop_step_multi_mixed: one call over an all-bf16 tensor, an f32 master tensor with bf16
+ * gradients and a bf16 copy, and a tensor without gradient equals one rmsprop_step_mixed per
+ * tensor (nearest-even); a bad dtype in the last tensor refuses the call before the first is
+ * written. Every backend, serial and pool. */
+static void test_multi_mixed(void) {
+    enum { M = 777 };
+    static uint16_t a16[M], ag[M], av[M], b_g[M], bc[M], s16[M], c16[M];
+    static uint16_t ra16[M], rav[M], rbc[M];
+    static float bp[M], bv[M], rbp[M], rbv[M];
+    RmspropHyperparameters hp;
+    rmsprop_hyperparameters_init(&hp, sizeof hp);
+    hp.lr = 1e-2;
+    hp.momentum = 0;
+    int backends[] = {RMSPROP_BACKEND_SCALAR, RMSPROP_BACKEND_AVX2_FMA, RMSPROP_BACKEND_AVX512, RMSPROP_BACKEND_NEON};
+    for (size_t bi = 0; bi < 4; bi++) {
+        if (!rmsprop_backend_available(backends[bi])) continue;
+        for (uint32_t threads = 1; threads <= 2; threads++) {
+            RmspropContext *ctx = context(backends[bi], threads, 64);
+            for (size_t i = 0; i < M; i++) {
+                a16[i] = ra16[i] = f32_to_bf16((float)((i * 37) % 101) / 50.0f - 1.0f);
+                ag[i] = f32_to_bf16((float)((i * 53) % 97) / 40.0f - 1.2f);
+                av[i] = rav[i] = f32_to_bf16((float)((i * 29) % 89) / 300.0f);
+                b_g[i] = f32_to_bf16((float)((i * 31) % 83) / 30.0f - 1.1f);
+                bp[i] = rbp[i] = (float)((i * 41) % 103) / 60.0f - 0.8f;
+                bv[i] = rbv[i] = (float)((i * 43) % 79) / 200.0f;
+                bc[i] = rbc[i] = 7;
+                s16[i] = c16[i] = f32_to_bf16(0.25f);
+            }
+            const RmspropHyperparameters *hps[3] = {&hp, &hp, &hp};
+            size_t lens[3] = {M, M, M};
+            void *params[3] = {a16, bp, s16};
+            int32_t pd[3] = {RMSPROP_DTYPE_BF16, RMSPROP_DTYPE_F32, RMSPROP_DTYPE_BF16};
+            const void *grads[3] = {ag, b_g, NULL};
+            int32_t gd[3] = {RMSPROP_DTYPE_BF16, RMSPROP_DTYPE_BF16, RMSPROP_DTYPE_BF16};
+            void *sq[3] = {av, bv, c16};
+            int32_t sd[3] = {RMSPROP_DTYPE_BF16, RMSPROP_DTYPE_F32, RMSPROP_DTYPE_BF16};
+            uint16_t *copies[3] = {NULL, bc, NULL};
+            int32_t cd[3] = {RMSPROP_DTYPE_NONE, RMSPROP_DTYPE_BF16, RMSPROP_DTYPE_NONE};
+            /* a bad dtype in the last tensor: nothing written */
+            sd[2] = 9;
+            grads[2] = ag;
+            int rc = rmsprop_step_multi_mixed(ctx, 3, hps, NULL, lens, params, pd, grads, gd, sq, NULL, NULL, sd,
+                                              copies, cd);
+            CHECK(rc == RMSPROP_ERROR_UNSUPPORTED_DTYPE && a16[0] == ra16[0] && bc[0] == 7 &&
+                      strstr(msg(ctx), "tensor 2") != NULL,
+                  "multi mixed, bad dtype: %d %s", rc, msg(ctx));
+            sd[2] = RMSPROP_DTYPE_BF16;
+            grads[2] = NULL;
+            rc = rmsprop_step_multi_mixed(ctx, 3, hps, NULL, lens, params, pd, grads, gd, sq, NULL, NULL, sd, copies,
+                                          cd);
+            CHECK(rc == RMSPROP_OK, "multi mixed: %d %s", rc, msg(ctx));
+            RmspropContext *serial = context(backends[bi], 1, 0);
+            rc = rmsprop_step_mixed(serial, &hp, NULL, M, ra16, RMSPROP_DTYPE_BF16, ag, RMSPROP_DTYPE_BF16, rav, NULL,
+                                    NULL, RMSPROP_DTYPE_BF16, NULL, RMSPROP_DTYPE_NONE);
+            rc |= rmsprop_step_mixed(serial, &hp, NULL, M, rbp, RMSPROP_DTYPE_F32, b_g, RMSPROP_DTYPE_BF16, rbv, NULL,
+                                     NULL, RMSPROP_DTYPE_F32, rbc, RMSPROP_DTYPE_BF16);
+            CHECK(rc == RMSPROP_OK, "single mixed steps: %d", rc);
+            size_t bad = 0, untouched = 0;
+            for (size_t i = 0; i < M; i++) {
+                bad += a16[i] != ra16[i] || av[i] != rav[i] || bc[i] != rbc[i];
+                bad += memcmp(&bp[i], &rbp[i], 4) != 0 || memcmp(&bv[i], &rbv[i], 4) != 0;
+                untouched += s16[i] == f32_to_bf16(0.25f) && c16[i] == f32_to_bf16(0.25f);
+            }
+            CHECK(bad == 0 && untouched == M, "multi mixed (backend %d, %u threads): %zu differ, %zu untouched",
+                  backends[bi], threads, bad, untouched);
+            rmsprop_context_free(serial);
+            rmsprop_context_free(ctx);
+        }
+    }
+}
+
 int main(int argc, char **argv) {
     if (argc != 2) {
         fprintf(stderr, "usage: %s GOLDEN_DIR < cases.txt\n", argv[0]);
@@ -784,6 +855,7 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < count; i++) free(cases[i].lr);
     test_errors();
     test_mixed();
+    test_multi_mixed();
     test_threads();
     test_fork();
     test_destructor();
