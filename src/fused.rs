@@ -744,6 +744,17 @@ fn run_fused<S: Simd, const WITH_CVT: bool>(
         0
     };
     macro_rules! go {
+        // The loop for the flags of this pass.
+        (@flags $p:ident, $g:ident, $v:ident, $c:ident, $sr:literal) => {
+            match pre_flag | cvt {
+                0 => go!($p, $g, $v, $c, $sr, 0),
+                PRE => go!($p, $g, $v, $c, $sr, PRE),
+                CVT if WITH_CVT => go!($p, $g, $v, $c, $sr, CVT),
+                _ if WITH_CVT => go!($p, $g, $v, $c, $sr, PRE | CVT),
+                // (Not reached: `cvt` is zero without `WITH_CVT`; the general loop is right.)
+                _ => go!($p, $g, $v, $c, $sr, PRE),
+            }
+        };
         ($p:ident, $g:ident, $v:ident, $c:ident, $sr:literal) => {
             go!($p, $g, $v, $c, $sr, PRE)
         };
@@ -782,22 +793,8 @@ fn run_fused<S: Simd, const WITH_CVT: bool>(
     match (p, g, v, c, sr) {
         // Low precision: bf16 params and gradients, bf16 or f32 state; all-bf16 without the
         // pre-processing's identities, and with the conversion instruction where there is one.
-        (B, B, B, N, false) => match pre_flag | cvt {
-            0 => go!(B, B, B, N, false, 0),
-            PRE => go!(B, B, B, N, false, PRE),
-            CVT if WITH_CVT => go!(B, B, B, N, false, CVT),
-            _ if WITH_CVT => go!(B, B, B, N, false, PRE | CVT),
-            // (Not reached: `cvt` is zero without `WITH_CVT`; the general loop is right anyway.)
-            _ => go!(B, B, B, N, false, PRE),
-        },
-        (B, B, B, N, true) => match pre_flag | cvt {
-            0 => go!(B, B, B, N, true, 0),
-            PRE => go!(B, B, B, N, true, PRE),
-            CVT if WITH_CVT => go!(B, B, B, N, true, CVT),
-            _ if WITH_CVT => go!(B, B, B, N, true, PRE | CVT),
-            // (Not reached: `cvt` is zero without `WITH_CVT`; the general loop is right anyway.)
-            _ => go!(B, B, B, N, true, PRE),
-        },
+        (B, B, B, N, false) => go!(@flags B, B, B, N, false),
+        (B, B, B, N, true) => go!(@flags B, B, B, N, true),
         (B, B, N, N, false) => go!(B, B, N, N, false),
         (B, B, N, N, true) => go!(B, B, N, N, true),
         // Master weights: f32 params and state, 16-bit gradients, an optional 16-bit copy.
@@ -805,14 +802,7 @@ fn run_fused<S: Simd, const WITH_CVT: bool>(
             0 => go!(N, B, N, N, false, 0),
             _ => go!(N, B, N, N, false, PRE),
         },
-        (N, B, N, B, false) => match pre_flag | cvt {
-            0 => go!(N, B, N, B, false, 0),
-            PRE => go!(N, B, N, B, false, PRE),
-            CVT if WITH_CVT => go!(N, B, N, B, false, CVT),
-            _ if WITH_CVT => go!(N, B, N, B, false, PRE | CVT),
-            // (Not reached: `cvt` is zero without `WITH_CVT`; the general loop is right anyway.)
-            _ => go!(N, B, N, B, false, PRE),
-        },
+        (N, B, N, B, false) => go!(@flags N, B, N, B, false),
         (N, H, N, H, false) => go!(N, H, N, H, false),
         _ => Err(bufs),
     }

@@ -1463,126 +1463,6 @@ unsafe fn step_options(options: *const RmspropStepOptions) -> Result<StepOptions
     })
 }
 
-/// The typed body of [`rmsprop_step_mixed`].
-///
-/// # Safety
-/// As documented on [`rmsprop_step_mixed`], with the pointers of the types their dtypes name.
-#[allow(clippy::too_many_arguments)]
-unsafe fn step_mixed_typed<
-    P: Storage<Compute = f32>,
-    G: Storage<Compute = f32>,
-    S: Storage<Compute = f32>,
->(
-    ctx: &RmspropContext,
-    hp: *const RmspropHyperparameters,
-    options: *const RmspropStepOptions,
-    len: usize,
-    params: *mut P,
-    grads: *const G,
-    square_avg: *mut S,
-    grad_avg: *mut S,
-    momentum_buffer: *mut S,
-    copy: *mut u16,
-    copy_dtype: i32,
-) -> i32 {
-    // SAFETY (both): the caller's contract, forwarded.
-    let hp = match unsafe { hyperparameters(hp) } {
-        Ok(hp) => hp,
-        Err((code, why)) => return ctx.fail(code, why),
-    };
-    let options = match unsafe { step_options(options) } {
-        Ok(o) => o,
-        Err((code, why)) => return ctx.fail(code, why),
-    };
-    let (centered, momentum) = hp.uses_state();
-    let mut raws: [Option<Raw>; 6] = Default::default();
-    let checked = (|| {
-        raws[0] = Some(check_ptr(None, "params", params as *const P, len, true)?);
-        raws[1] = Some(check_ptr(None, "grads", grads, len, false)?);
-        raws[2] = Some(check_ptr(
-            None,
-            "square_avg",
-            square_avg as *const S,
-            len,
-            true,
-        )?);
-        for (i, name, ptr, needed, when) in [
-            (3, "grad_avg", grad_avg, centered, "centered"),
-            (
-                4,
-                "momentum_buffer",
-                momentum_buffer,
-                momentum,
-                "momentum > 0",
-            ),
-        ] {
-            match (needed, ptr.is_null()) {
-                (true, true) if len > 0 => {
-                    return Err((
-                        RMSPROP_ERROR_MISSING_STATE,
-                        format!("{name} is NULL; it is required when {when}"),
-                    ))
-                }
-                (false, false) => {
-                    return Err((
-                        RMSPROP_ERROR_UNEXPECTED_STATE,
-                        format!("{name} is given; it is used only when {when}"),
-                    ))
-                }
-                (true, false) => raws[i] = Some(check_ptr(None, name, ptr as *const S, len, true)?),
-                _ => {}
-            }
-        }
-        if copy_dtype != RMSPROP_DTYPE_NONE {
-            raws[5] = Some(check_ptr(
-                None,
-                "params_copy",
-                copy as *const u16,
-                len,
-                true,
-            )?);
-        } else if !copy.is_null() {
-            return Err((
-                RMSPROP_ERROR_UNSUPPORTED_DTYPE,
-                "params_copy is given with copy_dtype RMSPROP_DTYPE_NONE".to_string(),
-            ));
-        }
-        check_overlaps(&mut raws)
-    })();
-    if let Err((code, why)) = checked {
-        return ctx.fail(code, why);
-    }
-    // SAFETY: every pointer checked above (NULL only with length 0 or when unused, aligned,
-    // sizes in range, written buffers disjoint from all others); the caller's contract makes
-    // them valid for `len` elements during the call.
-    let (params, grads, mut state) = unsafe {
-        (
-            slice_mut(params, len),
-            slice(grads, len),
-            State::new(slice_mut(square_avg, len)),
-        )
-    };
-    if centered {
-        // SAFETY: as above.
-        state = state.with_grad_avg(unsafe { slice_mut(grad_avg, len) });
-    }
-    if momentum {
-        // SAFETY: as above.
-        state = state.with_momentum_buffer(unsafe { slice_mut(momentum_buffer, len) });
-    }
-    // SAFETY (both): as above; bf16 and f16 are `u16`-sized, `u16`-aligned bit containers.
-    let copy = match copy_dtype {
-        RMSPROP_DTYPE_NONE => None,
-        RMSPROP_DTYPE_BF16 => Some(ParamsCopy::Bf16(unsafe { slice_mut(copy.cast(), len) })),
-        _ => Some(ParamsCopy::F16(unsafe { slice_mut(copy.cast(), len) })),
-    };
-    ctx.run(len, true, move |kernel| {
-        kernel
-            .step_with(&hp, &options, params, grads, state, copy)
-            .map_err(|error| StepManyError { tensor: 0, error })
-    })
-}
-
 /// One RMSprop step on buffers stored as `float`, bfloat16 or binary16 (`uint16_t` bits),
 /// computed in `float`, with the gradient pre-processing and rounding of `*options` (NULL: the
 /// defaults of [`rmsprop_step_options_init`]) fused into the same pass.
@@ -1628,74 +1508,50 @@ pub unsafe extern "C" fn rmsprop_step_mixed(
         return RMSPROP_ERROR_NULL_POINTER;
     };
     guarded(Some(ctx), || {
-        for (name, dtype) in [
-            ("params_dtype", params_dtype),
-            ("grads_dtype", grads_dtype),
-            ("state_dtype", state_dtype),
-        ] {
-            if !(RMSPROP_DTYPE_F32..=RMSPROP_DTYPE_F16).contains(&dtype) {
-                return ctx.fail(
-                    RMSPROP_ERROR_UNSUPPORTED_DTYPE,
-                    format!("{name} {dtype} is not RMSPROP_DTYPE_F32, _BF16 or _F16"),
-                );
-            }
+        // SAFETY (both): the caller's contract, forwarded.
+        let options = match unsafe { step_options(options) } {
+            Ok(o) => o,
+            Err((code, why)) => return ctx.fail(code, why),
+        };
+        let hp = match unsafe { hyperparameters(hp) } {
+            Ok(hp) => hp,
+            Err((code, why)) => return ctx.fail(code, why),
+        };
+        let t = MixedTensor {
+            index: None,
+            hp,
+            len,
+            params,
+            params_dtype,
+            grads,
+            grads_dtype,
+            square_avg,
+            grad_avg,
+            momentum_buffer,
+            state_dtype,
+            copy: params_copy,
+            copy_dtype,
+        };
+        let mut raws = Vec::with_capacity(6);
+        if let Err((code, why)) = t
+            .check(&ctx.kernel, &options, &mut raws)
+            .and_then(|()| check_overlaps(&mut raws))
+        {
+            return ctx.fail(code, why);
         }
-        if ![RMSPROP_DTYPE_NONE, RMSPROP_DTYPE_BF16, RMSPROP_DTYPE_F16].contains(&copy_dtype) {
-            return ctx.fail(
-                RMSPROP_ERROR_UNSUPPORTED_DTYPE,
-                format!("copy_dtype {copy_dtype} is not RMSPROP_DTYPE_NONE, _BF16 or _F16"),
-            );
-        }
-        // One typed body per (params, grads, state) dtype: 27 thin instantiations of one
-        // mixed pass (the kernel's buffers are type-erased below this).
-        macro_rules! typed {
-            ($p:ty) => {
-                typed!($p, grads_dtype)
-            };
-            ($p:ty, $g:ident) => {
-                match $g {
-                    RMSPROP_DTYPE_F32 => typed!($p, f32, state_dtype),
-                    RMSPROP_DTYPE_BF16 => typed!($p, bf16, state_dtype),
-                    _ => typed!($p, f16, state_dtype),
-                }
-            };
-            ($p:ty, $g:ty, $s:ident) => {
-                match $s {
-                    RMSPROP_DTYPE_F32 => typed!(@go $p, $g, f32),
-                    RMSPROP_DTYPE_BF16 => typed!(@go $p, $g, bf16),
-                    _ => typed!(@go $p, $g, f16),
-                }
-            };
-            (@go $p:ty, $g:ty, $s:ty) => {
-                // SAFETY: the caller's contract, with each pointer of its dtype's type.
-                unsafe {
-                    step_mixed_typed::<$p, $g, $s>(
-                        ctx,
-                        hp,
-                        options,
-                        len,
-                        params.cast(),
-                        grads.cast(),
-                        square_avg.cast(),
-                        grad_avg.cast(),
-                        momentum_buffer.cast(),
-                        params_copy,
-                        copy_dtype,
-                    )
-                }
-            };
-        }
-        match params_dtype {
-            RMSPROP_DTYPE_F32 => typed!(f32),
-            RMSPROP_DTYPE_BF16 => typed!(bf16),
-            _ => typed!(f16),
-        }
+        let t = SendTensors(core::slice::from_ref(&t));
+        ctx.run(len, true, move |kernel| {
+            // SAFETY: the tensor checked above; the caller's contract.
+            unsafe { t.get()[0].run(&kernel, &options) }
+                .map_err(|error| StepManyError { tensor: 0, error })
+        })
     })
 }
 
 /// One tensor of [`rmsprop_step_multi_mixed`], read and checked.
 struct MixedTensor {
-    index: usize,
+    /// The tensor's index in a multi-tensor call (named in messages); `None` for one tensor.
+    index: Option<usize>,
     hp: Hyperparameters,
     len: usize,
     params: *mut c_void,
@@ -1721,7 +1577,7 @@ fn dtype_size(dtype: i32) -> usize {
 
 /// Checks one pointer of a tensor with its dtype's element size and alignment.
 fn check_dtype_ptr(
-    tensor: usize,
+    tensor: Option<usize>,
     name: &'static str,
     ptr: *const c_void,
     dtype: i32,
@@ -1729,9 +1585,9 @@ fn check_dtype_ptr(
     written: bool,
 ) -> Result<Raw, (i32, String)> {
     if dtype_size(dtype) == 4 {
-        check_ptr(Some(tensor), name, ptr as *const f32, len, written)
+        check_ptr(tensor, name, ptr as *const f32, len, written)
     } else {
-        check_ptr(Some(tensor), name, ptr as *const u16, len, written)
+        check_ptr(tensor, name, ptr as *const u16, len, written)
     }
 }
 
@@ -1746,27 +1602,38 @@ impl MixedTensor {
         raws: &mut Vec<Option<Raw>>,
     ) -> Result<(), (i32, String)> {
         let i = self.index;
+        // Messages of a multi-tensor call name the tensor and its array entry.
+        let at = |msg: String| match i {
+            Some(i) => format!("tensor {i}: {msg}"),
+            None => msg,
+        };
+        let field = |base: &str| match i {
+            Some(i) => format!("{base}s[{i}]"),
+            None => base.to_string(),
+        };
         for (name, dtype) in [
-            ("params_dtypes", self.params_dtype),
-            ("grads_dtypes", self.grads_dtype),
-            ("state_dtypes", self.state_dtype),
+            ("params_dtype", self.params_dtype),
+            ("grads_dtype", self.grads_dtype),
+            ("state_dtype", self.state_dtype),
         ] {
             if !(RMSPROP_DTYPE_F32..=RMSPROP_DTYPE_F16).contains(&dtype) {
                 return Err((
                     RMSPROP_ERROR_UNSUPPORTED_DTYPE,
-                    format!(
-                        "tensor {i}: {name}[{i}] {dtype} is not RMSPROP_DTYPE_F32, _BF16 or _F16"
-                    ),
+                    at(format!(
+                        "{} {dtype} is not RMSPROP_DTYPE_F32, _BF16 or _F16",
+                        field(name)
+                    )),
                 ));
             }
         }
         if ![RMSPROP_DTYPE_NONE, RMSPROP_DTYPE_BF16, RMSPROP_DTYPE_F16].contains(&self.copy_dtype) {
             return Err((
                 RMSPROP_ERROR_UNSUPPORTED_DTYPE,
-                format!(
-                    "tensor {i}: copy_dtypes[{i}] {} is not RMSPROP_DTYPE_NONE, _BF16 or _F16",
+                at(format!(
+                    "{} {} is not RMSPROP_DTYPE_NONE, _BF16 or _F16",
+                    field("copy_dtype"),
                     self.copy_dtype
-                ),
+                )),
             ));
         }
         let (centered, momentum) = self.hp.uses_state();
@@ -1784,7 +1651,7 @@ impl MixedTensor {
             kernel
                 .with_threading(Threading::Serial)
                 .step_with::<f32, f32, f32>(&self.hp, options, &mut [], &[], state, copy)
-                .map_err(|e| (code_of(&e), format!("tensor {i}: {e}")))?;
+                .map_err(|e| (code_of(&e), at(e.to_string())))?;
         }
         let len = self.len;
         raws.push(Some(check_dtype_ptr(
@@ -1824,13 +1691,13 @@ impl MixedTensor {
                 (true, true) if len > 0 => {
                     return Err((
                         RMSPROP_ERROR_MISSING_STATE,
-                        format!("tensor {i}: {name} is NULL; it is required when {when}"),
+                        at(format!("{name} is NULL; it is required when {when}")),
                     ))
                 }
                 (false, false) => {
                     return Err((
                         RMSPROP_ERROR_UNEXPECTED_STATE,
-                        format!("tensor {i}: {name} is given; it is used only when {when}"),
+                        at(format!("{name} is given; it is used only when {when}")),
                     ))
                 }
                 (true, false) => raws.push(Some(check_dtype_ptr(
@@ -1846,7 +1713,7 @@ impl MixedTensor {
         }
         if self.copy_dtype != RMSPROP_DTYPE_NONE {
             raws.push(Some(check_ptr(
-                Some(i),
+                i,
                 "params_copy",
                 self.copy as *const u16,
                 len,
@@ -1855,7 +1722,7 @@ impl MixedTensor {
         } else if !self.copy.is_null() {
             return Err((
                 RMSPROP_ERROR_UNSUPPORTED_DTYPE,
-                format!("tensor {i}: params_copy is given with copy_dtype RMSPROP_DTYPE_NONE"),
+                at("params_copy is given with copy_dtype RMSPROP_DTYPE_NONE".to_string()),
             ));
         }
         Ok(())
@@ -2041,7 +1908,7 @@ pub unsafe extern "C" fn rmsprop_step_multi_mixed(
             // SAFETY: as above.
             let t = unsafe {
                 MixedTensor {
-                    index: i,
+                    index: Some(i),
                     hp,
                     len: lens.add(i).read(),
                     params: params.add(i).read(),
@@ -2072,12 +1939,9 @@ pub unsafe extern "C" fn rmsprop_step_multi_mixed(
             for t in tensors.get() {
                 // SAFETY: every tensor checked above, overlaps across all of them; the caller's
                 // contract.
-                unsafe { t.run(&kernel, &tensor_options(&options, t.index)) }.map_err(|error| {
-                    StepManyError {
-                        tensor: t.index,
-                        error,
-                    }
-                })?;
+                let i = t.index.unwrap_or(0);
+                unsafe { t.run(&kernel, &tensor_options(&options, i)) }
+                    .map_err(|error| StepManyError { tensor: i, error })?;
             }
             Ok(())
         })

@@ -728,10 +728,7 @@ fn multi_mixed_call(
     cases: &mut [MixedCase],
     o: &RmspropStepOptions,
 ) -> i32 {
-    let hps: Vec<*const RmspropHyperparameters> = cases.iter().map(|c| &c.hp as *const _).collect();
-    let lens: Vec<usize> = cases.iter().map(|c| c.n).collect();
-    let d = |k: usize| cases.iter().map(|c| c.dtypes[k]).collect::<Vec<i32>>();
-    let (pd, gd, sd, cd) = (d(0), d(1), d(2), d(3));
+    // The buffers' pointers first (each takes `&mut` of its case), then the shared ones.
     let ptrs =
         |k: usize, cases: &mut [MixedCase]| cases.iter_mut().map(|c| c.ptr(k)).collect::<Vec<_>>();
     let (p, g, v, ga, b, c) = (
@@ -742,6 +739,10 @@ fn multi_mixed_call(
         ptrs(4, cases),
         ptrs(5, cases),
     );
+    let hps: Vec<*const RmspropHyperparameters> = cases.iter().map(|c| &c.hp as *const _).collect();
+    let lens: Vec<usize> = cases.iter().map(|c| c.n).collect();
+    let d = |k: usize| cases.iter().map(|c| c.dtypes[k]).collect::<Vec<i32>>();
+    let (pd, gd, sd, cd) = (d(0), d(1), d(2), d(3));
     let g: Vec<*const c_void> = g.into_iter().map(|x| x as *const c_void).collect();
     let c: Vec<*mut u16> = c.into_iter().map(|x| x.cast()).collect();
     // SAFETY: live context and structs; every array of `cases.len()` entries; buffers of their
