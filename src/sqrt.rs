@@ -77,8 +77,11 @@ fn refine(simd: pulp::x86::V4, a: pulp::f32x16, y: pulp::f32x16) -> pulp::f32x16
 
 #[cfg(all(test, any(target_arch = "x86", target_arch = "x86_64")))]
 mod tests {
+    // The test harness has std even when the library is built without it.
+    extern crate std;
     use super::*;
     use pulp::{cast, f32x16, x86::V4};
+    use std::{eprintln, vec::Vec};
 
     /// How each input is computed.
     #[derive(Clone, Copy)]
