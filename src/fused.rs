@@ -100,6 +100,24 @@ fn pad_tail<'p, X: Copy>(s: &[X], start: usize, w: usize, pad: &'p mut [X]) -> &
     &mut pad[..w]
 }
 
+impl<T> Ro<'_, T> {
+    /// The first `len` elements of the slice of format `F` (which must hold them).
+    #[inline(always)]
+    fn head_of<const F: u8>(&self, len: usize) -> Ro<'_, T> {
+        if F == N {
+            Ro {
+                n: &self.n[..len],
+                h: &[],
+            }
+        } else {
+            Ro {
+                n: &[],
+                h: &self.h[..len],
+            }
+        }
+    }
+}
+
 /// `s[..len]`, or empty if `s` is.
 #[inline(always)]
 fn cut<X>(s: &mut [X], len: usize) -> &mut [X] {
@@ -385,17 +403,7 @@ impl<
     fn head(&mut self, len: usize) -> Fused<'_, T, P, G, V, C, SR, X> {
         Fused {
             p: self.p.head_of::<P>(len),
-            g: if G == N {
-                Ro {
-                    n: &self.g.n[..len],
-                    h: &[],
-                }
-            } else {
-                Ro {
-                    n: &[],
-                    h: &self.g.h[..len],
-                }
-            },
+            g: self.g.head_of::<G>(len),
             v: self.v.head_of::<V>(len),
             a: self.a.head(len),
             b: self.b.head(len),

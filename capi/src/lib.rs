@@ -1923,8 +1923,8 @@ pub unsafe extern "C" fn rmsprop_step_multi_mixed(
                     copy_dtype: entry(copy_dtypes, i, RMSPROP_DTYPE_NONE),
                 }
             };
-            if let Err((code, why)) = t.check(&ctx.kernel, &tensor_options(&options, i), &mut raws)
-            {
+            // (The options' validity does not depend on the per-tensor seed.)
+            if let Err((code, why)) = t.check(&ctx.kernel, &options, &mut raws) {
                 return ctx.fail(code, why);
             }
             tensors.push(t);

@@ -451,15 +451,28 @@ fn step_options_struct(grad_scale: f64, clip: Option<f64>, stochastic: bool) -> 
     o
 }
 
+/// A serial context, and one with a pool of 2 threads for steps of 64+ elements (serial only
+/// under miri).
+fn serial_and_pool() -> Vec<*mut RmspropContext> {
+    if cfg!(miri) {
+        vec![context(1, 0)]
+    } else {
+        vec![context(1, 0), context(2, 64)]
+    }
+}
+
+fn free_all(contexts: Vec<*mut RmspropContext>) {
+    for ctx in contexts {
+        // SAFETY: created by `context`, freed once.
+        unsafe { rmsprop_context_free(ctx) };
+    }
+}
+
 /// `rmsprop_step_mixed` for params `P`, grads `G`, state `S` (and a copy when `copy` is a
 /// 16-bit dtype) equals `reference::step_with` bit for bit, serial and on a pool.
 fn mixed_equals_reference<P: Dtype, G: Dtype, S: Dtype>(copy: i32) {
     let n = if cfg!(miri) { 19 } else { 1001 };
-    let contexts = if cfg!(miri) {
-        vec![context(1, 0)]
-    } else {
-        vec![context(1, 0), context(2, 64)]
-    };
+    let contexts = serial_and_pool();
     for &ctx in &contexts {
         for (h, opts) in [
             (hp(0.0, false), None),
@@ -540,10 +553,7 @@ fn mixed_equals_reference<P: Dtype, G: Dtype, S: Dtype>(copy: i32) {
             assert_eq!(c, c2, "params_copy");
         }
     }
-    for ctx in contexts {
-        // SAFETY: created above, freed once.
-        unsafe { rmsprop_context_free(ctx) };
-    }
+    free_all(contexts);
 }
 
 /// `u16` bits as a 16-bit float type (same size and alignment).
@@ -786,11 +796,7 @@ fn mixed_cases(n: usize) -> Vec<MixedCase> {
 #[test]
 fn multi_mixed_equals_single_calls() {
     let n = if cfg!(miri) { 21 } else { 3001 };
-    let contexts = if cfg!(miri) {
-        vec![context(1, 0)]
-    } else {
-        vec![context(1, 0), context(2, 64)]
-    };
+    let contexts = serial_and_pool();
     for &ctx in &contexts {
         for o in [
             step_options_struct(1.0, None, false),
@@ -847,10 +853,7 @@ fn multi_mixed_equals_single_calls() {
             assert!(multi[0].bufs != start[0].bufs, "nothing was stepped");
         }
     }
-    for ctx in contexts {
-        // SAFETY: created above, freed once.
-        unsafe { rmsprop_context_free(ctx) };
-    }
+    free_all(contexts);
 }
 
 /// Any bad tensor refuses the whole call before anything is written, naming the tensor.
