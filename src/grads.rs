@@ -54,6 +54,16 @@ impl GradSlice<'_> {
         self.len() == 0
     }
 
+    /// The storage format.
+    pub fn format(&self) -> Format {
+        match self {
+            GradSlice::F32(_) => Format::F32,
+            GradSlice::F64(_) => Format::F64,
+            GradSlice::Bf16(_) => Format::Bf16,
+            GradSlice::F16(_) => Format::F16,
+        }
+    }
+
     fn range(&self, r: core::ops::Range<usize>) -> Self {
         match self {
             GradSlice::F32(s) => GradSlice::F32(&s[r]),

@@ -48,6 +48,8 @@ mod fused;
 mod grads;
 mod hyper;
 mod kernel;
+#[cfg(feature = "std")]
+mod many;
 mod mixed;
 pub mod reference;
 mod sqrt;
@@ -73,6 +75,8 @@ pub use element::Element;
 pub use error::{Buffer, Error};
 pub use grads::{clip_coefficient, GradSlice, NormType};
 pub use hyper::{Coefficients, Hyperparameters, KerasOptions, OptaxOptions, Rule, Semantics};
+#[cfg(feature = "std")]
+pub use many::{SliceMut, TensorStepWith};
 pub use storage::{bf16, f16, Format, ParamsCopy, Rounding, StepOptions, Storage};
 #[cfg(feature = "rayon")]
 pub use threading::run_in_pool;
@@ -133,8 +137,33 @@ pub(crate) fn validate<T: Element, P, G, S>(
     grads: &[G],
     state: &State<'_, S>,
 ) -> Result<Coefficients<T>, Error> {
+    validate_lens(hp, &lens_of(params, grads, state))
+}
+
+/// The lengths of one tensor's buffers (`None`: not given).
+pub(crate) struct Lens {
+    pub params: usize,
+    pub grads: usize,
+    pub square_avg: usize,
+    pub grad_avg: Option<usize>,
+    pub momentum_buffer: Option<usize>,
+}
+
+/// The lengths of a step's buffers.
+fn lens_of<P, G, S>(params: &[P], grads: &[G], state: &State<'_, S>) -> Lens {
+    Lens {
+        params: params.len(),
+        grads: grads.len(),
+        square_avg: state.square_avg.len(),
+        grad_avg: state.grad_avg.as_ref().map(|s| s.len()),
+        momentum_buffer: state.momentum_buffer.as_ref().map(|s| s.len()),
+    }
+}
+
+/// [`validate`] on the buffers' lengths.
+fn validate_lens<T: Element>(hp: &Hyperparameters, lens: &Lens) -> Result<Coefficients<T>, Error> {
     let k = Coefficients::<T>::new(hp)?;
-    let expected = params.len();
+    let expected = lens.params;
     let check = |buffer: Buffer, needed: bool, given: Option<usize>| match (needed, given) {
         (true, None) => Err(Error::MissingState { buffer }),
         (false, Some(_)) => Err(Error::UnexpectedState { buffer }),
@@ -145,19 +174,11 @@ pub(crate) fn validate<T: Element, P, G, S>(
         }),
         _ => Ok(()),
     };
-    check(Buffer::Grads, true, Some(grads.len()))?;
-    check(Buffer::SquareAvg, true, Some(state.square_avg.len()))?;
+    check(Buffer::Grads, true, Some(lens.grads))?;
+    check(Buffer::SquareAvg, true, Some(lens.square_avg))?;
     let (centered, momentum) = hp.uses_state();
-    check(
-        Buffer::GradAvg,
-        centered,
-        state.grad_avg.as_ref().map(|s| s.len()),
-    )?;
-    check(
-        Buffer::MomentumBuffer,
-        momentum,
-        state.momentum_buffer.as_ref().map(|s| s.len()),
-    )?;
+    check(Buffer::GradAvg, centered, lens.grad_avg)?;
+    check(Buffer::MomentumBuffer, momentum, lens.momentum_buffer)?;
     Ok(k)
 }
 
@@ -171,7 +192,17 @@ pub(crate) fn validate_with<T: Element, P, G, S>(
     state: &State<'_, S>,
     copy: Option<&ParamsCopy<'_>>,
 ) -> Result<(Coefficients<T>, Prep<T>), Error> {
-    let k = validate::<T, P, G, S>(hp, params, grads, state)?;
+    validate_lens_with(hp, options, &lens_of(params, grads, state), copy)
+}
+
+/// [`validate_with`] on the buffers' lengths.
+pub(crate) fn validate_lens_with<T: Element>(
+    hp: &Hyperparameters,
+    options: &StepOptions,
+    lens: &Lens,
+    copy: Option<&ParamsCopy<'_>>,
+) -> Result<(Coefficients<T>, Prep<T>), Error> {
+    let k = validate_lens::<T>(hp, lens)?;
     let prep = prep_for::<T>(options)?;
     if let Some(copy) = copy {
         if T::FORMAT != Format::F32 {
@@ -179,10 +210,10 @@ pub(crate) fn validate_with<T: Element, P, G, S>(
                 reason: "a 16-bit parameter copy needs f32, bf16 or f16 parameters, not f64",
             });
         }
-        if copy.len() != params.len() {
+        if copy.len() != lens.params {
             return Err(Error::LengthMismatch {
                 buffer: Buffer::ParamsCopy,
-                expected: params.len(),
+                expected: lens.params,
                 actual: copy.len(),
             });
         }
@@ -502,12 +533,13 @@ pub struct TensorStep<'a, T> {
     pub state: State<'a, T>,
 }
 
-/// Why [`Kernel::step_many`] refused its tensors: the first invalid tensor and its error.
-/// Nothing was written.
+/// Why [`Kernel::step_many`] or [`Kernel::step_many_with`] refused its tensors: the first
+/// invalid tensor and its error. Nothing was written.
 #[cfg(feature = "std")]
 #[derive(Clone, Debug, PartialEq)]
 pub struct StepManyError {
-    /// The index of the tensor, in the order given.
+    /// The tensor: its position in the order given ([`Kernel::step_many`]), or its
+    /// [`TensorStepWith::index`] ([`Kernel::step_many_with`]).
     pub tensor: usize,
     /// What is wrong with it.
     pub error: Error,

@@ -2,8 +2,8 @@
 //! parallel dispatch over every tensor, and PyTorch-compatible state in safetensors.
 
 use crate::{
-    Buffer, Coefficients, Element, Error, Hyperparameters, Kernel, Rounding, State, StepOptions,
-    Storage,
+    Buffer, Coefficients, Element, Error, Format, Hyperparameters, Kernel, ParamsCopy, Rounding,
+    State, StepOptions, Storage,
 };
 use std::collections::BTreeMap;
 use std::fmt;
@@ -366,8 +366,68 @@ impl<T: Storage> RmsProp<T> {
         P: Storage<Compute = T::Compute>,
         G: Storage<Compute = T::Compute>,
     {
+        self.step_impl(params, grads, None, options)
+    }
+
+    /// [`RmsProp::step_with`] that also writes a 16-bit copy of the new parameters in the same
+    /// pass: `copies[i]`, when given, receives tensor `i`'s new parameters rounded to bf16 or
+    /// f16 (nearest-even), as [`Kernel::step_with`]'s `params_copy` does. This is the master
+    /// weights setup of ZeRO-Offload and FSDP's CPU offload: `f32` parameters and state here,
+    /// the copy what the device trains with. A tensor without a gradient leaves its copy as it
+    /// is.
+    ///
+    /// ```
+    /// use rmsprop_simd::{bf16, Hyperparameters, ParamsCopy, RmsProp, StepOptions};
+    /// let mut opt = RmsProp::<f32>::new(vec![vec![4], vec![2]], Hyperparameters::default())?;
+    /// let (mut w, mut b) = (vec![1.0f32; 4], vec![0.5f32; 2]);
+    /// let (gw, gb) = (vec![bf16::from_f32(0.1); 4], vec![bf16::from_f32(0.2); 2]);
+    /// let (mut w16, mut b16) = (vec![bf16::ZERO; 4], vec![bf16::ZERO; 2]);
+    /// opt.step_with_copies(
+    ///     &mut [&mut w, &mut b],
+    ///     &[Some(&gw), Some(&gb)],
+    ///     vec![Some(ParamsCopy::from(&mut w16[..])), Some(ParamsCopy::from(&mut b16[..]))],
+    ///     &StepOptions::default(),
+    /// )?;
+    /// assert_eq!(w16[0], bf16::from_f32(w[0]));
+    /// # Ok::<(), rmsprop_simd::OptimizerError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`RmsProp::step_with`]; [`OptimizerError::TensorCount`] when `copies` does not have
+    /// one entry per tensor, [`OptimizerError::ShapeChanged`] (buffer `params_copy`) for a copy
+    /// of another length, [`OptimizerError::InvalidOptions`] for a copy of `f64` parameters.
+    pub fn step_with_copies<P, G>(
+        &mut self,
+        params: &mut [&mut [P]],
+        grads: &[Option<&[G]>],
+        copies: Vec<Option<ParamsCopy<'_>>>,
+        options: &StepOptions,
+    ) -> Result<(), OptimizerError>
+    where
+        P: Storage<Compute = T::Compute>,
+        G: Storage<Compute = T::Compute>,
+    {
+        self.step_impl(params, grads, Some(copies), options)
+    }
+
+    fn step_impl<P, G>(
+        &mut self,
+        params: &mut [&mut [P]],
+        grads: &[Option<&[G]>],
+        copies: Option<Vec<Option<ParamsCopy<'_>>>>,
+        options: &StepOptions,
+    ) -> Result<(), OptimizerError>
+    where
+        P: Storage<Compute = T::Compute>,
+        G: Storage<Compute = T::Compute>,
+    {
         let n = self.len();
-        for (what, actual) in [("params", params.len()), ("grads", grads.len())] {
+        let mut copies = copies.unwrap_or_else(|| (0..n).map(|_| None).collect());
+        for (what, actual) in [
+            ("params", params.len()),
+            ("grads", grads.len()),
+            ("params_copies", copies.len()),
+        ] {
             if actual != n {
                 return Err(OptimizerError::TensorCount {
                     what,
@@ -382,9 +442,14 @@ impl<T: Storage> RmsProp<T> {
         // The coefficients of each tensor with a gradient: its group's, with the number of
         // this step (optax's bias correction reads it). All checked before anything is written.
         let mut coeffs = Vec::new();
-        for (i, (p, g)) in params.iter().zip(grads).enumerate() {
+        for (i, ((p, g), c)) in params.iter().zip(grads).zip(&copies).enumerate() {
             if let Some(g) = g {
-                for (buffer, len) in [(Buffer::Params, p.len()), (Buffer::Grads, g.len())] {
+                let c = c.as_ref().map_or(p.len(), ParamsCopy::len);
+                for (buffer, len) in [
+                    (Buffer::Params, p.len()),
+                    (Buffer::Grads, g.len()),
+                    (Buffer::ParamsCopy, c),
+                ] {
                     if len != self.lens[i] {
                         return Err(OptimizerError::ShapeChanged {
                             tensor: i,
@@ -406,18 +471,26 @@ impl<T: Storage> RmsProp<T> {
                 );
             }
         }
-        // Everything is valid: from here on nothing can fail.
+        let any_copy = copies.iter().flatten().next().is_some();
         let compute = <T::Compute as Storage>::FORMAT;
+        if any_copy && compute != Format::F32 {
+            return Err(OptimizerError::InvalidOptions(Error::Unsupported {
+                reason: "a 16-bit parameter copy needs f32, bf16 or f16 parameters, not f64",
+            }));
+        }
+        // Everything is valid: from here on nothing can fail.
         let plain = P::FORMAT == compute
             && G::FORMAT == compute
             && T::FORMAT == compute
-            && options.is_plain_gradient();
+            && options.is_plain_gradient()
+            && !any_copy;
         let mut plain_pieces = Vec::new();
         let mut mixed_pieces = Vec::new();
-        for (i, ((p, g), state)) in params
+        for (i, (((p, g), state), copy)) in params
             .iter_mut()
             .zip(grads)
             .zip(self.state.iter_mut())
+            .zip(copies.iter_mut())
             .enumerate()
         {
             let Some(g) = g else { continue };
@@ -461,17 +534,19 @@ impl<T: Storage> RmsProp<T> {
                 let mut prep = prep;
                 if let Rounding::Stochastic { seed, .. } = options.rounding {
                     prep.rounding = Rounding::Stochastic {
-                        seed: seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                        seed: crate::many::tensor_seed(seed, i),
                         step: st.step,
                     };
                 }
-                mixed_pieces.push((k, crate::mixed_buffers(&mut p[..], g, state, None, prep)));
+                let copy = copy.take();
+                mixed_pieces.push((k, crate::mixed_buffers(&mut p[..], g, state, copy, prep)));
             }
         }
         if plain {
             crate::threading::run_many(&self.kernel, &coeffs, plain_pieces);
         } else {
-            let sixteen = T::FORMAT.is_16_bit() || P::FORMAT.is_16_bit() || G::FORMAT.is_16_bit();
+            let sixteen =
+                T::FORMAT.is_16_bit() || P::FORMAT.is_16_bit() || G::FORMAT.is_16_bit() || any_copy;
             crate::threading::run_many(&self.kernel.for_pass(sixteen), &coeffs, mixed_pieces);
         }
         Ok(())

@@ -437,6 +437,313 @@ impl TestStorage for f64 {
     }
 }
 
+/// `Kernel::step_many_with` (a `std` API): a model of tensors in mixed storage in one call.
+#[cfg(feature = "std")]
+mod many {
+    use super::*;
+    use rmsprop_simd::TensorStepWith;
+
+    impl<P: TestStorage, G: TestStorage, S: TestStorage> Mixed<P, G, S>
+    where
+        G: Storage<Compute = P::Compute>,
+        S: Storage<Compute = P::Compute>,
+    {
+        /// The whole buffers as tensor `index` of `Kernel::step_many_with`.
+        fn tensor<'a>(
+            &'a mut self,
+            index: usize,
+            hp: &'a Hyperparameters,
+            copy: Option<Format>,
+        ) -> TensorStepWith<'a> {
+            let (centered, momentum) = hp.uses_state();
+            TensorStepWith {
+                index,
+                hyperparameters: hp,
+                params: (&mut self.params).into(),
+                grads: (&self.grads).into(),
+                square_avg: (&mut self.square_avg).into(),
+                grad_avg: centered.then(|| (&mut self.grad_avg).into()),
+                momentum_buffer: momentum.then(|| (&mut self.momentum_buffer).into()),
+                params_copy: match copy {
+                    Some(Format::Bf16) => Some(ParamsCopy::from(&mut self.copy_bf16[..])),
+                    Some(Format::F16) => Some(ParamsCopy::from(&mut self.copy_f16[..])),
+                    _ => None,
+                },
+            }
+        }
+    }
+
+    /// A model of tensors in six storage combinations (f64 among them), stepped by one
+    /// `Kernel::step_many_with` call, equals the reference on each tensor with the documented seed
+    /// `seed ^ index * 0x9E3779B97F4A7C15`: every backend, serial and parallel (the long tensor cut
+    /// into tasks, the short ones batched), every option set, every fifth variant, two steps.
+    fn many_equals_reference(kind: BackendKind, test: &str) {
+        let Some(backend) = backend_or_skip(kind, test) else {
+            return;
+        };
+        let indices = [0, 3, 4, 8, 9, 11];
+        let long = if cfg!(miri) {
+            40
+        } else if cfg!(debug_assertions) {
+            3_000
+        } else {
+            20_000
+        };
+        let mut rng = Inputs(seeded(0x3A7 ^ kind as u64));
+        for kernel in kernels_for(backend) {
+            for hp in variants().into_iter().step_by(5) {
+                for opts in option_sets() {
+                    let mut a = Mixed::<f32, bf16, f32>::random(&mut rng, long);
+                    let mut b = Mixed::<bf16, bf16, bf16>::random(&mut rng, 5);
+                    let mut c = Mixed::<f16, f16, f32>::random(&mut rng, 0);
+                    let mut d = Mixed::<f32, f32, f32>::random(&mut rng, 1_003);
+                    let mut e = Mixed::<f64, f64, f64>::random(&mut rng, 17);
+                    let mut f = Mixed::<f32, f16, bf16>::random(&mut rng, 250);
+                    let copies = [
+                        Some(Format::Bf16),
+                        None,
+                        None,
+                        None,
+                        None,
+                        Some(Format::F16),
+                    ];
+                    let (mut wa, mut wb, mut wc) = (a.clone(), b.clone(), c.clone());
+                    let (mut wd, mut we, mut wf) = (d.clone(), e.clone(), f.clone());
+                    for s in 0..2u64 {
+                        let opts = StepOptions {
+                            rounding: match opts.rounding {
+                                Rounding::Stochastic { seed, .. } => {
+                                    Rounding::Stochastic { seed, step: s }
+                                }
+                                r => r,
+                            },
+                            ..opts
+                        };
+                        kernel
+                            .step_many_with(
+                                &opts,
+                                vec![
+                                    a.tensor(indices[0], &hp, copies[0]),
+                                    b.tensor(indices[1], &hp, copies[1]),
+                                    c.tensor(indices[2], &hp, copies[2]),
+                                    d.tensor(indices[3], &hp, copies[3]),
+                                    e.tensor(indices[4], &hp, copies[4]),
+                                    f.tensor(indices[5], &hp, copies[5]),
+                                ],
+                            )
+                            .unwrap();
+                        // The reference, tensor by tensor, with each tensor's own seed.
+                        let own = |t: usize| StepOptions {
+                            rounding: match opts.rounding {
+                                Rounding::Stochastic { seed, step } => Rounding::Stochastic {
+                                    seed: seed
+                                        ^ (indices[t] as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                                    step,
+                                },
+                                r => r,
+                            },
+                            ..opts
+                        };
+                        wa.step(None, &hp, &own(0), copies[0], 0..long).unwrap();
+                        wb.step(None, &hp, &own(1), copies[1], 0..5).unwrap();
+                        wc.step(None, &hp, &own(2), copies[2], 0..0).unwrap();
+                        wd.step(None, &hp, &own(3), copies[3], 0..1_003).unwrap();
+                        we.step(None, &hp, &own(4), copies[4], 0..17).unwrap();
+                        wf.step(None, &hp, &own(5), copies[5], 0..250).unwrap();
+                        let what = |t: usize| {
+                            move || {
+                                format!(
+                                    "{} {:?}: tensor {t}, step {s}, {hp:?}, {opts:?}",
+                                    kernel.backend(),
+                                    kernel.threading()
+                                )
+                            }
+                        };
+                        a.assert_same(&wa, &what(0));
+                        b.assert_same(&wb, &what(1));
+                        c.assert_same(&wc, &what(2));
+                        d.assert_same(&wd, &what(3));
+                        e.assert_same(&we, &what(4));
+                        f.assert_same(&wf, &what(5));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "too slow under miri")]
+    fn step_many_with_equals_reference_scalar() {
+        many_equals_reference(
+            BackendKind::Scalar,
+            "step_many_with_equals_reference_scalar",
+        );
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    #[cfg_attr(miri, ignore = "too slow under miri")]
+    fn step_many_with_equals_reference_avx2() {
+        many_equals_reference(BackendKind::Avx2Fma, "step_many_with_equals_reference_avx2");
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    #[cfg_attr(miri, ignore = "too slow under miri")]
+    fn step_many_with_equals_reference_avx512() {
+        many_equals_reference(
+            BackendKind::Avx512,
+            "step_many_with_equals_reference_avx512",
+        );
+    }
+
+    #[test]
+    #[cfg(target_arch = "aarch64")]
+    fn step_many_with_equals_reference_neon() {
+        many_equals_reference(BackendKind::Neon, "step_many_with_equals_reference_neon");
+    }
+
+    /// `step_many_with` checks every tensor before writing any: a bad tensor last leaves the first
+    /// unwritten, and the error names the bad tensor by its index.
+    #[test]
+    fn step_many_with_refuses_before_writing() {
+        let hp = Hyperparameters::default();
+        let centered = Hyperparameters {
+            centered: true,
+            ..hp
+        };
+        let good = StepOptions::default();
+        for case in 0..6 {
+            let mut w = vec![1.0f32; 8];
+            let gw = vec![bf16::ONE; 8];
+            let mut vw = vec![0.5f32; 8];
+            let mut copy = vec![bf16::ZERO; 8];
+            // the bad tensor's buffers
+            let (mut p32, g32, mut v32) = (vec![1.0f32; 8], vec![1.0f32; 8], vec![0.5f32; 8]);
+            let (mut p64, g64, mut v64) = (vec![1.0f64; 8], vec![1.0f64; 8], vec![0.5f64; 8]);
+            let (mut a16, mut c16) = (vec![bf16::ZERO; 8], vec![bf16::ZERO; 8]);
+            let mut opts = good;
+            let bad = match case {
+                // state buffers of two storage types
+                0 => TensorStepWith {
+                    index: 7,
+                    hyperparameters: &centered,
+                    params: (&mut p32).into(),
+                    grads: (&g32).into(),
+                    square_avg: (&mut v32).into(),
+                    grad_avg: Some((&mut a16).into()),
+                    momentum_buffer: None,
+                    params_copy: None,
+                },
+                // f64 parameters with f32 gradients
+                1 => TensorStepWith {
+                    index: 7,
+                    hyperparameters: &hp,
+                    params: (&mut p64).into(),
+                    grads: (&g32).into(),
+                    square_avg: (&mut v64).into(),
+                    grad_avg: None,
+                    momentum_buffer: None,
+                    params_copy: None,
+                },
+                // gradients of another length
+                2 => TensorStepWith {
+                    index: 7,
+                    hyperparameters: &hp,
+                    params: (&mut p32).into(),
+                    grads: (&g32[..7]).into(),
+                    square_avg: (&mut v32).into(),
+                    grad_avg: None,
+                    momentum_buffer: None,
+                    params_copy: None,
+                },
+                // a copy of f64 parameters
+                3 => TensorStepWith {
+                    index: 7,
+                    hyperparameters: &hp,
+                    params: (&mut p64).into(),
+                    grads: (&g64).into(),
+                    square_avg: (&mut v64).into(),
+                    grad_avg: None,
+                    momentum_buffer: None,
+                    params_copy: Some(ParamsCopy::from(&mut c16[..])),
+                },
+                // centered without grad_avg
+                4 => TensorStepWith {
+                    index: 7,
+                    hyperparameters: &centered,
+                    params: (&mut p32).into(),
+                    grads: (&g32).into(),
+                    square_avg: (&mut v32).into(),
+                    grad_avg: None,
+                    momentum_buffer: None,
+                    params_copy: None,
+                },
+                // invalid options: every tensor's error, so the first tensor's
+                _ => {
+                    opts.grad_scale = 0.0;
+                    TensorStepWith {
+                        index: 7,
+                        hyperparameters: &hp,
+                        params: (&mut p32).into(),
+                        grads: (&g32).into(),
+                        square_avg: (&mut v32).into(),
+                        grad_avg: None,
+                        momentum_buffer: None,
+                        params_copy: None,
+                    }
+                }
+            };
+            let first = TensorStepWith {
+                index: 2,
+                hyperparameters: &hp,
+                params: (&mut w).into(),
+                grads: (&gw).into(),
+                square_avg: (&mut vw).into(),
+                grad_avg: None,
+                momentum_buffer: None,
+                params_copy: Some(ParamsCopy::from(&mut copy[..])),
+            };
+            let err = Kernel::new()
+                .step_many_with(&opts, vec![first, bad])
+                .unwrap_err();
+            let (tensor, ok) = match case {
+                0 | 1 | 3 => (7, matches!(err.error, Error::Unsupported { .. })),
+                2 => (7, matches!(err.error, Error::LengthMismatch { .. })),
+                4 => (7, matches!(err.error, Error::MissingState { .. })),
+                _ => (2, matches!(err.error, Error::InvalidHyperparameter { .. })),
+            };
+            assert!(ok && err.tensor == tensor, "case {case}: {err}");
+            assert!(
+                err.to_string().starts_with(&format!("tensor {tensor}: ")),
+                "{err}"
+            );
+            assert_eq!(w, vec![1.0f32; 8], "case {case}");
+            assert_eq!(vw, vec![0.5f32; 8], "case {case}");
+            assert_eq!(copy, vec![bf16::ZERO; 8], "case {case}");
+            assert_eq!(
+                (p32, v32, a16),
+                (vec![1.0f32; 8], vec![0.5f32; 8], vec![bf16::ZERO; 8])
+            );
+            assert_eq!((p64, v64), (vec![1.0f64; 8], vec![0.5f64; 8]));
+        }
+        // The same tensors, valid, do step.
+        let (mut w, g, mut v) = (vec![1.0f32; 8], vec![bf16::ONE; 8], vec![0.5f32; 8]);
+        let t = TensorStepWith {
+            index: 0,
+            hyperparameters: &hp,
+            params: (&mut w).into(),
+            grads: (&g).into(),
+            square_avg: (&mut v).into(),
+            grad_avg: None,
+            momentum_buffer: None,
+            params_copy: None,
+        };
+        Kernel::new().step_many_with(&good, vec![t]).unwrap();
+        assert!(w[0] < 1.0);
+    }
+}
+
 /// Under miri: one short mixed case per backend (the SIMD paths' bounds and casts).
 #[test]
 fn mixed_small_under_any_interpreter() {

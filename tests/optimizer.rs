@@ -970,3 +970,168 @@ fn sixteen_bit_state_and_gradients() {
     assert!(matches!(e, Err(OptimizerError::InvalidOptions(_))), "{e:?}");
     assert_eq!(p1, before);
 }
+
+/// `RmsProp::step_with_copies`: f32 master weights and state, bf16 gradients, a bf16 or f16
+/// copy per tensor (one tensor without), over steps with missing gradients, serial and parallel:
+/// the parameters and state equal `step_with` without copies, bit for bit, and every copy is
+/// its tensor's new parameters rounded to nearest (a tensor without a gradient keeps its copy).
+/// Wrong copy counts and lengths, and copies of f64 parameters, are refused before writing.
+#[test]
+fn master_weights_with_sixteen_bit_copies() {
+    use rmsprop_simd::{bf16, f16, ParamsCopy, StepOptions};
+    let (shapes, groups) = model();
+    let n = shapes.len();
+    let lens: Vec<usize> = shapes.iter().map(|s| s.iter().product()).collect();
+    let to16 = |v: Vec<f32>| v.into_iter().map(bf16::from_f32).collect::<Vec<bf16>>();
+    for kernel in [
+        Kernel::new().with_threading(Threading::Serial),
+        Kernel::new()
+            .with_threading(Threading::Parallel)
+            .with_parallel_min_len(1024),
+    ] {
+        let mut opt = RmsProp::<f32>::with_groups(shapes.clone(), groups.clone())
+            .unwrap()
+            .with_kernel(kernel);
+        let mut twin = opt.clone();
+        let mut p1: Vec<Vec<f32>> = (0..n).map(|i| values(lens[i], 5 + i as u64)).collect();
+        let mut p2 = p1.clone();
+        let mut c16: Vec<Vec<bf16>> = lens
+            .iter()
+            .map(|&l| vec![bf16::from_bits(0x5555); l])
+            .collect();
+        let mut h16: Vec<Vec<f16>> = lens
+            .iter()
+            .map(|&l| vec![f16::from_bits(0x5555); l])
+            .collect();
+        for s in 0..3u64 {
+            let g: Vec<Option<Vec<bf16>>> = (0..n)
+                .map(|i| ((s + i as u64) % 3 != 2).then(|| to16(values(lens[i], s * 7 + i as u64))))
+                .collect();
+            let gs: Vec<Option<&[bf16]>> = g.iter().map(|g| g.as_deref()).collect();
+            let before = (c16.clone(), h16.clone());
+            // tensor i: bf16 copy when i % 3 == 0, f16 when 1, none when 2
+            let copies = c16
+                .iter_mut()
+                .zip(h16.iter_mut())
+                .enumerate()
+                .map(|(i, (c, h))| match i % 3 {
+                    0 => Some(ParamsCopy::from(&mut c[..])),
+                    1 => Some(ParamsCopy::from(&mut h[..])),
+                    _ => None,
+                })
+                .collect();
+            let options = StepOptions {
+                grad_scale: 8.0,
+                ..StepOptions::default()
+            };
+            opt.step_with_copies(
+                &mut p1.iter_mut().map(|p| &mut p[..]).collect::<Vec<_>>(),
+                &gs,
+                copies,
+                &options,
+            )
+            .unwrap();
+            twin.step_with(
+                &mut p2.iter_mut().map(|p| &mut p[..]).collect::<Vec<_>>(),
+                &gs,
+                &options,
+            )
+            .unwrap();
+            for i in 0..n {
+                assert_eq!(bits(&p1[i]), bits(&p2[i]), "params {i}, step {s}");
+                let st = (opt.state(i), twin.state(i));
+                assert_eq!(
+                    st.0.map(|s| bits(&s.square_avg)),
+                    st.1.map(|s| bits(&s.square_avg))
+                );
+                let stepped = g[i].is_some();
+                let want_c: Vec<u16> = if stepped && i % 3 == 0 {
+                    p1[i].iter().map(|&x| bf16::from_f32(x).to_bits()).collect()
+                } else {
+                    before.0[i].iter().map(|x| x.to_bits()).collect()
+                };
+                let want_h: Vec<u16> = if stepped && i % 3 == 1 {
+                    p1[i].iter().map(|&x| f16::from_f32(x).to_bits()).collect()
+                } else {
+                    before.1[i].iter().map(|x| x.to_bits()).collect()
+                };
+                let got_c: Vec<u16> = c16[i].iter().map(|x| x.to_bits()).collect();
+                let got_h: Vec<u16> = h16[i].iter().map(|x| x.to_bits()).collect();
+                assert_eq!(got_c, want_c, "bf16 copy {i}, step {s}");
+                assert_eq!(got_h, want_h, "f16 copy {i}, step {s}");
+            }
+        }
+    }
+    // refused before anything is written
+    let mut opt = RmsProp::<f32>::with_groups(shapes.clone(), groups.clone()).unwrap();
+    let mut p: Vec<Vec<f32>> = (0..n).map(|i| values(lens[i], 1)).collect();
+    let g: Vec<Vec<f32>> = (0..n).map(|i| values(lens[i], 2)).collect();
+    let gs: Vec<Option<&[f32]>> = g.iter().map(|g| Some(&g[..])).collect();
+    let before = p.clone();
+    let mut c: Vec<Vec<bf16>> = lens.iter().map(|&l| vec![bf16::ZERO; l + 1]).collect();
+    for case in 0..2 {
+        let copies: Vec<Option<ParamsCopy>> = c
+            .iter_mut()
+            .enumerate()
+            .map(|(i, c)| {
+                let len = if case == 1 && i == n - 1 {
+                    lens[i] + 1
+                } else {
+                    lens[i]
+                };
+                Some(ParamsCopy::from(&mut c[..len]))
+            })
+            .take(if case == 0 { n - 1 } else { n })
+            .collect();
+        let e = opt.step_with_copies(
+            &mut p.iter_mut().map(|p| &mut p[..]).collect::<Vec<_>>(),
+            &gs,
+            copies,
+            &StepOptions::default(),
+        );
+        match case {
+            0 => assert!(
+                matches!(
+                    e,
+                    Err(OptimizerError::TensorCount {
+                        what: "params_copies",
+                        ..
+                    })
+                ),
+                "{e:?}"
+            ),
+            _ => assert!(
+                matches!(
+                    e,
+                    Err(OptimizerError::ShapeChanged {
+                        buffer: rmsprop_simd::Buffer::ParamsCopy,
+                        ..
+                    })
+                ),
+                "{e:?}"
+            ),
+        }
+        assert_eq!(p, before);
+        assert!(c.iter().all(|c| c.iter().all(|x| *x == bf16::ZERO)));
+        assert!(opt.state(0).is_none());
+    }
+    let mut opt = RmsProp::<f64>::new(vec![vec![4]], Hyperparameters::default()).unwrap();
+    let (mut w, gw, mut cw) = (vec![1.0f64; 4], vec![0.5f64; 4], vec![bf16::ZERO; 4]);
+    let e = opt.step_with_copies(
+        &mut [&mut w],
+        &[Some(&gw)],
+        vec![Some(ParamsCopy::from(&mut cw[..]))],
+        &StepOptions::default(),
+    );
+    assert!(
+        matches!(
+            e,
+            Err(OptimizerError::InvalidOptions(
+                rmsprop_simd::Error::Unsupported { .. }
+            ))
+        ),
+        "{e:?}"
+    );
+    assert_eq!(w, vec![1.0f64; 4]);
+    assert!(opt.state(0).is_none());
+}

@@ -24,9 +24,9 @@
 #![deny(missing_docs)]
 
 use rmsprop::{
-    bf16, f16, run_in_pool, Backend, BackendKind, Element, Error, Hyperparameters, KerasOptions,
-    Kernel, OptaxOptions, ParamsCopy, Rounding, Semantics, State, StepManyError, StepOptions,
-    Storage, TensorStep, Threading, PARALLEL_MIN_LEN,
+    bf16, run_in_pool, Backend, BackendKind, Element, Error, GradSlice, Hyperparameters,
+    KerasOptions, Kernel, OptaxOptions, ParamsCopy, Rounding, Semantics, SliceMut, State,
+    StepManyError, StepOptions, TensorStep, TensorStepWith, Threading, PARALLEL_MIN_LEN,
 };
 use std::ffi::{c_char, c_void};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -1542,8 +1542,7 @@ pub unsafe extern "C" fn rmsprop_step_mixed(
         let t = SendTensors(core::slice::from_ref(&t));
         ctx.run(len, true, move |kernel| {
             // SAFETY: the tensor checked above; the caller's contract.
-            unsafe { t.get()[0].run(&kernel, &options) }
-                .map_err(|error| StepManyError { tensor: 0, error })
+            kernel.step_many_with(&options, vec![unsafe { t.get()[0].buffers() }])
         })
     })
 }
@@ -1728,88 +1727,49 @@ impl MixedTensor {
         Ok(())
     }
 
-    /// Steps the tensor with its typed buffers.
+    /// The tensor's buffers as the step takes them, each of its dtype's type.
     ///
     /// # Safety
     /// `check` passed for this tensor, with the overlap check over every tensor of the call;
-    /// the caller's contract of [`rmsprop_step_multi_mixed`].
-    unsafe fn run(&self, kernel: &Kernel, options: &StepOptions) -> Result<(), Error> {
-        // One typed body per (params, grads, state) dtype, as in `rmsprop_step_mixed`.
-        macro_rules! typed {
-            ($p:ty) => {
-                typed!($p, self.grads_dtype)
-            };
-            ($p:ty, $g:expr) => {
-                match $g {
-                    RMSPROP_DTYPE_F32 => typed!($p, f32, self.state_dtype),
-                    RMSPROP_DTYPE_BF16 => typed!($p, bf16, self.state_dtype),
-                    _ => typed!($p, f16, self.state_dtype),
-                }
-            };
-            ($p:ty, $g:ty, $s:expr) => {
-                match $s {
-                    RMSPROP_DTYPE_F32 => typed!(@go $p, $g, f32),
-                    RMSPROP_DTYPE_BF16 => typed!(@go $p, $g, bf16),
-                    _ => typed!(@go $p, $g, f16),
-                }
-            };
-            (@go $p:ty, $g:ty, $s:ty) => {
-                // SAFETY: the function's contract; each pointer of its dtype's type.
-                unsafe { self.run_typed::<$p, $g, $s>(kernel, options) }
-            };
-        }
-        match self.params_dtype {
-            RMSPROP_DTYPE_F32 => typed!(f32),
-            RMSPROP_DTYPE_BF16 => typed!(bf16),
-            _ => typed!(f16),
-        }
-    }
-
-    /// # Safety
-    /// As [`MixedTensor::run`], with `P`, `G`, `S` the types the dtypes name.
-    unsafe fn run_typed<P, G, S>(&self, kernel: &Kernel, options: &StepOptions) -> Result<(), Error>
-    where
-        P: Storage<Compute = f32>,
-        G: Storage<Compute = f32>,
-        S: Storage<Compute = f32>,
-    {
+    /// the caller's contract of [`rmsprop_step_multi_mixed`]: the buffers are valid for `len`
+    /// elements and not used by anyone else while the result lives.
+    unsafe fn buffers(&self) -> TensorStepWith<'_> {
         let len = self.len;
+        // SAFETY (all four): every pointer checked (NULL only with length 0 or when unused,
+        // aligned for its dtype, in range, written buffers disjoint from all buffers of every
+        // tensor); valid for `len` elements during the call by the caller's contract.
+        let buf = |ptr: *mut c_void, dtype: i32| -> SliceMut<'_> {
+            match dtype {
+                RMSPROP_DTYPE_F32 => SliceMut::F32(unsafe { slice_mut(ptr.cast(), len) }),
+                RMSPROP_DTYPE_BF16 => SliceMut::Bf16(unsafe { slice_mut(ptr.cast(), len) }),
+                _ => SliceMut::F16(unsafe { slice_mut(ptr.cast(), len) }),
+            }
+        };
+        let grads = match self.grads_dtype {
+            RMSPROP_DTYPE_F32 => GradSlice::F32(unsafe { slice(self.grads.cast(), len) }),
+            RMSPROP_DTYPE_BF16 => GradSlice::Bf16(unsafe { slice(self.grads.cast(), len) }),
+            _ => GradSlice::F16(unsafe { slice(self.grads.cast(), len) }),
+        };
         let (centered, momentum) = self.hp.uses_state();
-        // SAFETY: every pointer checked (NULL only with length 0 or when unused, aligned, in
-        // range, written buffers disjoint from all buffers of every tensor); valid for `len`
-        // elements during the call by the caller's contract.
-        unsafe {
-            let params = slice_mut(self.params.cast::<P>(), len);
-            let grads = slice(self.grads.cast::<G>(), len);
-            let mut state = State::new(slice_mut(self.square_avg.cast::<S>(), len));
-            if centered {
-                state = state.with_grad_avg(slice_mut(self.grad_avg.cast::<S>(), len));
-            }
-            if momentum {
-                state =
-                    state.with_momentum_buffer(slice_mut(self.momentum_buffer.cast::<S>(), len));
-            }
-            let copy = match self.copy_dtype {
-                RMSPROP_DTYPE_NONE => None,
-                RMSPROP_DTYPE_BF16 => Some(ParamsCopy::Bf16(slice_mut(self.copy.cast(), len))),
-                _ => Some(ParamsCopy::F16(slice_mut(self.copy.cast(), len))),
-            };
-            kernel.step_with(&self.hp, options, params, grads, state, copy)
+        // SAFETY: as above.
+        let copy = match self.copy_dtype {
+            RMSPROP_DTYPE_NONE => None,
+            RMSPROP_DTYPE_BF16 => Some(ParamsCopy::Bf16(unsafe {
+                slice_mut(self.copy.cast(), len)
+            })),
+            _ => Some(ParamsCopy::F16(unsafe { slice_mut(self.copy.cast(), len) })),
+        };
+        TensorStepWith {
+            index: self.index.unwrap_or(0),
+            hyperparameters: &self.hp,
+            params: buf(self.params, self.params_dtype),
+            grads,
+            square_avg: buf(self.square_avg, self.state_dtype),
+            grad_avg: centered.then(|| buf(self.grad_avg, self.state_dtype)),
+            momentum_buffer: momentum.then(|| buf(self.momentum_buffer, self.state_dtype)),
+            params_copy: copy,
         }
     }
-}
-
-/// The stochastic-rounding key of tensor `index` of a multi-tensor step: the seed mixed with the
-/// tensor's index (as Rust's `RmsProp::step_with` does), so tensors do not share random bits.
-fn tensor_options(options: &StepOptions, index: usize) -> StepOptions {
-    let mut o = *options;
-    if let Rounding::Stochastic { seed, step } = o.rounding {
-        o.rounding = Rounding::Stochastic {
-            seed: seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
-            step,
-        };
-    }
-    o
 }
 
 /// One RMSprop step over `count` tensors stored as `float`, bfloat16 or binary16, in one call
@@ -1827,7 +1787,8 @@ fn tensor_options(options: &StepOptions, index: usize) -> StepOptions {
 /// Under stochastic rounding tensor `i` draws its random bits with the seed
 /// `seed ^ (i * 0x9E3779B97F4A7C15)` (64-bit, wrapping) and the options' step, so no two tensors
 /// share a stream; each tensor's result equals `rmsprop_step_mixed` with that seed, bit for
-/// bit. Tensors run one after another, each on the context's pool when it is long enough.
+/// bit. The tensors run as one balanced dispatch on the context's pool (long tensors cut into
+/// tasks, short ones batched), as in `rmsprop_step_multi_f32`.
 ///
 /// Every tensor is checked before any is written: on error nothing has been written and the
 /// context's message names the tensor.
@@ -1936,14 +1897,16 @@ pub unsafe extern "C" fn rmsprop_step_multi_mixed(
         // Raw pointers are not `Send`: the checked tensors cross into the pool as an address.
         let tensors = SendTensors(&tensors);
         ctx.run(total, false, move |kernel| {
-            for t in tensors.get() {
-                // SAFETY: every tensor checked above, overlaps across all of them; the caller's
-                // contract.
-                let i = t.index.unwrap_or(0);
-                unsafe { t.run(&kernel, &tensor_options(&options, i)) }
-                    .map_err(|error| StepManyError { tensor: i, error })?;
-            }
-            Ok(())
+            // SAFETY: every tensor checked above, overlaps across all of them; the caller's
+            // contract.
+            // Each tensor's `index` is its array index (tensors without a gradient are not in
+            // `steps`): it keys the random stream and names the tensor in messages.
+            let steps = tensors
+                .get()
+                .iter()
+                .map(|t| unsafe { t.buffers() })
+                .collect();
+            kernel.step_many_with(&options, steps)
         })
     })
 }

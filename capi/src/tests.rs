@@ -3,6 +3,7 @@
 
 use super::*;
 use rmsprop::reference;
+use rmsprop::{f16, Storage};
 
 fn context(threads: u32, min_len: u64) -> *mut RmspropContext {
     let mut o = core::mem::MaybeUninit::uninit();
