@@ -647,7 +647,8 @@ int32_t rmsprop_step_mixed(struct RmspropContext *ctx,
  Under stochastic rounding tensor `i` draws its random bits with the seed
  `seed ^ (i * 0x9E3779B97F4A7C15)` (64-bit, wrapping) and the options' step, so no two tensors
  share a stream; each tensor's result equals `rmsprop_step_mixed` with that seed, bit for
- bit. Tensors run one after another, each on the context's pool when it is long enough.
+ bit. The tensors run as one balanced dispatch on the context's pool (long tensors cut into
+ tasks, short ones batched), as in `rmsprop_step_multi_f32`.
 
  Every tensor is checked before any is written: on error nothing has been written and the
  context's message names the tensor.
