@@ -321,10 +321,7 @@ where
         square_avg: dst(state.square_avg),
         grad_avg: state.grad_avg.map(|s| dst(s)),
         momentum_buffer: state.momentum_buffer.map(|s| dst(s)),
-        copy: params_copy.map(|c| match c {
-            ParamsCopy::Bf16(s) => Dst::Bf16(bytemuck::cast_slice_mut(s)),
-            ParamsCopy::F16(s) => Dst::F16(bytemuck::cast_slice_mut(s)),
-        }),
+        copy: params_copy.map(Dst::copy),
         prep,
         offset: 0,
     }

@@ -185,10 +185,7 @@ impl<'a> TensorStepWith<'a> {
             square_avg: dst(self.square_avg),
             grad_avg: self.grad_avg.map(dst),
             momentum_buffer: self.momentum_buffer.map(dst),
-            copy: self.params_copy.map(|c| match c {
-                ParamsCopy::Bf16(s) => Dst::Bf16(bytemuck::cast_slice_mut(s)),
-                ParamsCopy::F16(s) => Dst::F16(bytemuck::cast_slice_mut(s)),
-            }),
+            copy: self.params_copy.map(Dst::copy),
             prep,
             offset: 0,
         }

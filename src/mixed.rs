@@ -27,6 +27,16 @@ pub(crate) enum Dst<'a, T> {
     F16(&'a mut [u16]),
 }
 
+impl<'a, T> Dst<'a, T> {
+    /// The 16-bit params copy as the buffer the pass writes it to.
+    pub(crate) fn copy(c: crate::ParamsCopy<'a>) -> Self {
+        match c {
+            crate::ParamsCopy::Bf16(s) => Dst::Bf16(bytemuck::cast_slice_mut(s)),
+            crate::ParamsCopy::F16(s) => Dst::F16(bytemuck::cast_slice_mut(s)),
+        }
+    }
+}
+
 impl<'a, T> Src<'a, T> {
     fn split_at(self, mid: usize) -> (Self, Self) {
         match self {
