@@ -289,7 +289,7 @@ fn bandwidth_probe<T: Element + PulpFloat>(
             },
         );
     }
-    let part = len.div_ceil(threads).next_multiple_of(64);
+    let part = len.div_ceil(threads).next_multiple_of(512);
     let mut per_thread: Vec<Vec<&mut [T]>> = (0..threads).map(|_| Vec::new()).collect();
     for v in in_place.iter_mut() {
         for (t, chunk) in v.chunks_mut(part).enumerate() {
@@ -770,28 +770,29 @@ impl MixedBufs {
 
 /// The bandwidth probe of a byte pattern: `read` arrays read once, `rw` arrays read and written in
 /// place, `write` arrays written, `len` elements of the given sizes, streamed together in blocks
-/// of 64 elements (plain loops the compiler vectorises; a memory-bound stream needs no more).
+/// of 512 elements (plain loops the compiler vectorises; a memory-bound stream needs no more).
 fn byte_stream(read: &[&[u8]], rw: &mut [&mut [u8]], write: &mut [&mut [u8]], len: usize) {
-    const BLOCK: usize = 64;
+    const BLOCK: usize = 512;
+    // Bytes per block of each array, computed once (a division per array and block cost more
+    // than the memory traffic it was to measure).
+    let width = |bytes: usize| bytes / len.max(1) * BLOCK;
+    let rws: Vec<usize> = rw.iter().map(|x| width(x.len())).collect();
+    let ws: Vec<usize> = write.iter().map(|x| width(x.len())).collect();
+    let rs: Vec<usize> = read.iter().map(|x| width(x.len())).collect();
     let mut acc = 0u8;
     for b in 0..len / BLOCK {
-        for r in read {
-            let w = r.len() / len * BLOCK;
+        for (r, &w) in read.iter().zip(&rs) {
             acc ^= r[b * w..(b + 1) * w].iter().fold(0u8, |a, &x| a ^ x);
         }
         // `acc == 1` is data-dependent, so the reads cannot be dropped; it is almost never true.
         let flip = (acc == 1) as u8;
-        for x in rw.iter_mut() {
-            let w = x.len() / len * BLOCK;
+        for (x, &w) in rw.iter_mut().zip(&rws) {
             for y in &mut x[b * w..(b + 1) * w] {
                 *y ^= flip;
             }
         }
-        for x in write.iter_mut() {
-            let w = x.len() / len * BLOCK;
-            for y in &mut x[b * w..(b + 1) * w] {
-                *y = flip;
-            }
+        for (x, &w) in write.iter_mut().zip(&ws) {
+            x[b * w..(b + 1) * w].fill(flip);
         }
     }
 }
@@ -807,7 +808,7 @@ fn byte_stream_on(
     if threads == 1 {
         return byte_stream(read, rw, write, len);
     }
-    let part = len.div_ceil(threads).next_multiple_of(64);
+    let part = len.div_ceil(threads).next_multiple_of(512);
     let cut = |bytes: usize| bytes / len * part;
     let mut reads: Vec<Vec<&[u8]>> = (0..threads).map(|_| Vec::new()).collect();
     for r in read {

@@ -20,7 +20,7 @@
     not(any(target_arch = "x86", target_arch = "x86_64")),
     allow(dead_code, unused_imports)
 )]
-use crate::kernel::{pytorch_per_variant, Drive, Updated, VectorRule};
+use crate::kernel::{prefetch, pytorch_per_variant, Drive, Updated, VectorRule};
 use crate::mixed::{
     bf16_rne, bf16_sr, f16_rne, f16_sr, load_native, lowbias32, narrow_u16, store_native,
     widen_bf16, widen_f16, widen_u16, Dst, MixedBuffers, Prep, Scale, Src, IOTA, MAX_LANES,
@@ -421,6 +421,30 @@ impl<
         }
     }
 
+    /// Prefetches every buffer of the pass [`crate::kernel::PREFETCH_BYTES`] past element `i`.
+    #[inline(always)]
+    fn prefetch<S: Simd, R: VectorRule<S, T>>(&self, i: usize) {
+        fn one<T, const F: u8>(n: &[T], h: &[u16], i: usize) {
+            if F == N {
+                prefetch(n, i)
+            } else {
+                prefetch(h, i)
+            }
+        }
+        one::<T, P>(self.p.n, self.p.h, i);
+        one::<T, G>(self.g.n, self.g.h, i);
+        one::<T, V>(self.v.n, self.v.h, i);
+        if R::GA {
+            one::<T, V>(self.a.n, self.a.h, i);
+        }
+        if R::B {
+            one::<T, V>(self.b.n, self.b.h, i);
+        }
+        if C != N {
+            one::<T, C>(self.c.n, self.c.h, i);
+        }
+    }
+
     /// The vector at `i`, stepped (not yet stored).
     #[inline(always)]
     fn step<S: Simd, R: VectorRule<S, T>>(
@@ -566,6 +590,7 @@ impl<
             let mut out = head.step(simd, rule, &k, 0);
             let mut i = w;
             while i + w <= full {
+                head.prefetch::<S, R>(i);
                 let next = head.step(simd, rule, &k, i);
                 head.store::<S, R>(simd, &k, i - w, idx, out);
                 out = next;

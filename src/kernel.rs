@@ -211,6 +211,35 @@ pub(crate) trait VectorRule<S: Simd, T: Element> {
     ) -> Updated<T::Vector<S>>;
 }
 
+/// How far ahead of the element being stepped each stream is prefetched, in bytes.
+pub(crate) const PREFETCH_BYTES: usize = 2048;
+
+/// A hint to bring the cache line [`PREFETCH_BYTES`] past `s[i]` into the cache (on x86-64;
+/// elsewhere nothing). The hardware prefetchers alone leave a pass that is near its compute
+/// bound waiting on memory: with it, the all-bf16 pass at 3e7 elements runs at its in-cache
+/// speed (`roofline --mixed`).
+#[inline(always)]
+pub(crate) fn prefetch<X>(s: &[X], i: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let p = s
+            .as_ptr()
+            .wrapping_add(i)
+            .cast::<i8>()
+            .wrapping_add(PREFETCH_BYTES);
+        // SAFETY: a prefetch is only a hint: it never faults and changes no architectural
+        // state, so any address will do (`wrapping_add` needs none in bounds); SSE, the
+        // instruction's feature, is part of x86-64.
+        #[allow(unsafe_code)]
+        unsafe {
+            _mm_prefetch::<_MM_HINT_T0>(p)
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (s, i);
+}
+
 /// The loop shared by every rule: `rule.step` on each full vector, then once on the tail
 /// through partial loads and stores. `grad_avg` is read and written only when `R::GA`,
 /// `momentum_buffer` only when `R::B` (otherwise they are empty and zero stands in).
@@ -231,6 +260,15 @@ fn drive<S: Simd, T: Element, R: VectorRule<S, T>>(simd: S, bufs: Buffers<'_, T>
     let b_head = if R::B { &mut b_head[..n] } else { b_head };
 
     for i in 0..n {
+        prefetch(p_head, i);
+        prefetch(g_head, i);
+        prefetch(v_head, i);
+        if R::GA {
+            prefetch(ga_head, i);
+        }
+        if R::B {
+            prefetch(b_head, i);
+        }
         let ga = if R::GA { ga_head[i] } else { zero };
         let b = if R::B { b_head[i] } else { zero };
         let (p, v, ga, b) = rule.step(simd, p_head[i], g_head[i], v_head[i], ga, b);
