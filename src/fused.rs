@@ -252,6 +252,86 @@ fn st<S: Simd, T: Element, const F: u8, const SR: bool>(
     narrow_u16::<S>(bits, &mut d.h[i..i + w]);
 }
 
+/// `2w` bf16 values from `h[i..]` (one load) as two vectors, exact: the even-indexed elements
+/// (the low halves of the 32-bit lanes, shifted up) and the odd-indexed ones (the high halves,
+/// masked).
+#[inline(always)]
+fn ld_pair<S: Simd, T: Element>(simd: S, h: &[u16], i: usize) -> (T::Vector<S>, T::Vector<S>) {
+    let w = core::mem::size_of::<S::u32s>() / 4;
+    let x: S::u32s = bytemuck::pod_read_unaligned(bytemuck::cast_slice(&h[i..i + 2 * w]));
+    let even = simd.wrapping_dyn_shl_u32s(x, simd.splat_u32s(16));
+    let odd = simd.and_u32s(x, simd.splat_u32s(0xFFFF_0000));
+    (
+        T::from_f32s::<S>(simd.transmute_f32s_u32s(even)),
+        T::from_f32s::<S>(simd.transmute_f32s_u32s(odd)),
+    )
+}
+
+/// The stochastic-rounding counters (not yet hashed) of the even and odd elements `ie`, `io`
+/// under `key`; `None` for nearest-even.
+#[inline(always)]
+fn counters<S: Simd, const SR: bool>(
+    simd: S,
+    ie: S::u32s,
+    io: S::u32s,
+    key: S::u32s,
+) -> Option<(S::u32s, S::u32s)> {
+    if SR {
+        Some((simd.xor_u32s(ie, key), simd.xor_u32s(io, key)))
+    } else {
+        None
+    }
+}
+
+/// The interleaving of `vcvtne2ps2bf16`'s halves: lane `2k` from the low half's `k`, `2k + 1`
+/// from the high half's.
+#[cfg(target_arch = "x86_64")]
+const INTERLEAVE: [u16; 32] = {
+    let mut t = [0u16; 32];
+    let mut k = 0;
+    while k < 16 {
+        t[2 * k] = k as u16;
+        t[2 * k + 1] = 16 + k as u16;
+        k += 1;
+    }
+    t
+};
+
+/// The even and odd elements `e`, `o` rounded to bf16 (nearest-even, or stochastic from the
+/// counters `r`) and interleaved into `d` (`2w` values): `d[2k]` from `e[k]`, `d[2k + 1]` from
+/// `o[k]`; the same bits as [`bf16_rne`] / [`bf16_sr`] lane by lane.
+#[inline(always)]
+fn bf16_interleaved<S: Simd>(
+    simd: S,
+    e: S::f32s,
+    o: S::f32s,
+    r: Option<(S::u32s, S::u32s)>,
+    d: &mut [u16],
+) {
+    let (re, ro) = match r {
+        Some((a, b)) => (Some(lowbias32(simd, a)), Some(lowbias32(simd, b))),
+        None => (None, None),
+    };
+    #[cfg(target_arch = "x86_64")]
+    if let Some(&v4) = (&simd as &dyn core::any::Any).downcast_ref::<pulp::x86::V4>() {
+        let c = bytemuck::cast::<S::f32s, pulp::f32x16>;
+        let cu = bytemuck::cast::<S::u32s, pulp::u32x16>;
+        if let Some(h) = cvt_pair_m512(v4, c(e), c(o), re.map(cu), ro.map(cu)) {
+            let out = v4
+                .avx512bw
+                ._mm512_permutexvar_epi16(pulp::cast(INTERLEAVE), h);
+            let out: [u16; 32] = pulp::cast(out);
+            d[..32].copy_from_slice(&out);
+            return;
+        }
+    }
+    let lo = simd.and_u32s(round_bf16(simd, e, re), simd.splat_u32s(0xFFFF));
+    let hi = simd.wrapping_dyn_shl_u32s(round_bf16(simd, o, ro), simd.splat_u32s(16));
+    let bits = simd.or_u32s(lo, hi);
+    let n = core::mem::size_of::<S::u32s>() / 2;
+    bytemuck::cast_slice_mut::<u16, u8>(&mut d[..n]).copy_from_slice(bytemuck::bytes_of(&bits));
+}
+
 /// Two vectors rounded to bf16 (nearest-even, or stochastic from the counters `rx`, `ry`) into
 /// `dx` and `dy` (one vector's worth each), the same bits as [`bf16_rne`] / [`bf16_sr`]: on
 /// AVX-512 through `vcvtne2ps2bf16` (callers pass
@@ -272,7 +352,8 @@ fn bf16_pair<S: Simd>(
     if let Some(&v4) = (&simd as &dyn core::any::Any).downcast_ref::<pulp::x86::V4>() {
         let c = bytemuck::cast::<S::f32s, pulp::f32x16>;
         let cu = bytemuck::cast::<S::u32s, pulp::u32x16>;
-        if let Some(h) = cvt_pair(v4, c(x), c(y), rx.map(cu), ry.map(cu)) {
+        if let Some(h) = cvt_pair_m512(v4, c(x), c(y), rx.map(cu), ry.map(cu)) {
+            let h: [u16; 32] = pulp::cast(h);
             dx[..16].copy_from_slice(&h[..16]);
             dy[..16].copy_from_slice(&h[16..]);
             return;
@@ -295,14 +376,13 @@ fn round_bf16<S: Simd>(simd: S, x: S::f32s, r: Option<S::u32s>) -> S::u32s {
 /// (Not inlined in unoptimised builds, as `crate::sqrt`'s AVX-512 path: stack frames.)
 #[cfg(target_arch = "x86_64")]
 #[cfg_attr(not(debug_assertions), inline(always))]
-fn cvt_pair(
+fn cvt_pair_m512(
     simd: pulp::x86::V4,
     x: pulp::f32x16,
     y: pulp::f32x16,
     rx: Option<pulp::u32x16>,
     ry: Option<pulp::u32x16>,
-) -> Option<[u16; 32]> {
-    use pulp::cast;
+) -> Option<core::arch::x86_64::__m512i> {
     let x = sr_truncate(simd, x, rx);
     let y = sr_truncate(simd, y, ry);
     let f = simd.avx512dq;
@@ -314,7 +394,7 @@ fn cvt_pair(
     // SAFETY: `V4` proves AVX-512F; `CVT` (the only way here) is set only when the CPU has
     // AVX512-BF16 (`bf16_instruction`).
     #[allow(unsafe_code)]
-    Some(cast(unsafe { vcvtne2ps2bf16(y, x) }))
+    Some(unsafe { vcvtne2ps2bf16(y, x) })
 }
 
 /// Stochastic rounding's integer step before the conversion: where `|x| <= 0x7F7F_0000` (the
@@ -445,6 +525,139 @@ impl<
         }
     }
 
+    /// The gradient pre-processing (scale, clamp, multiply), or nothing without [`PRE`].
+    #[inline(always)]
+    fn pre<S: Simd>(simd: S, k: &Splat<S, T>, g: T::Vector<S>) -> T::Vector<S> {
+        if X & PRE != 0 {
+            T::vmul(
+                simd,
+                T::vclamp(simd, T::vmul(simd, g, k.inv), k.lo, k.hi),
+                k.mul,
+            )
+        } else {
+            g
+        }
+    }
+
+    /// All-bf16: the `2w` elements at `i` as two vectors, the even-indexed elements and the
+    /// odd-indexed ones ([`ld_pair`]), stepped (not yet stored).
+    #[inline(always)]
+    fn step_pair<S: Simd, R: VectorRule<S, T>>(
+        &self,
+        simd: S,
+        rule: &R,
+        k: &Splat<S, T>,
+        i: usize,
+    ) -> [Updated<T::Vector<S>>; 2] {
+        let (g0, g1) = ld_pair::<S, T>(simd, self.g.h, i);
+        let (g0, g1) = (Self::pre(simd, k, g0), Self::pre(simd, k, g1));
+        let (p0, p1) = ld_pair::<S, T>(simd, self.p.h, i);
+        let (v0, v1) = ld_pair::<S, T>(simd, self.v.h, i);
+        let (a0, a1) = if R::GA {
+            ld_pair::<S, T>(simd, self.a.h, i)
+        } else {
+            (k.zero, k.zero)
+        };
+        let (b0, b1) = if R::B {
+            ld_pair::<S, T>(simd, self.b.h, i)
+        } else {
+            (k.zero, k.zero)
+        };
+        [
+            rule.step(simd, p0, g0, v0, a0, b0),
+            rule.step(simd, p1, g1, v1, a1, b1),
+        ]
+    }
+
+    /// All-bf16: rounds and stores a pair stepped by [`Self::step_pair`] at `i`, whose element
+    /// indices are `idx + iota` (so `2k` from `i` in lane `k` of the even vector, `2k + 1` in the
+    /// odd one).
+    #[inline(always)]
+    fn store_pair<S: Simd, R: VectorRule<S, T>>(
+        &mut self,
+        simd: S,
+        k: &Splat<S, T>,
+        i: usize,
+        idx: S::u32s,
+        iota: S::u32s,
+        [e, o]: [Updated<T::Vector<S>>; 2],
+    ) {
+        let w2 = 2 * T::lanes::<S>();
+        let ie = simd.add_u32s(idx, iota);
+        let io = simd.add_u32s(ie, simd.splat_u32s(1));
+        let f = |x: T::Vector<S>| T::to_f32s::<S>(x);
+        let keys = &k.keys;
+        bf16_interleaved(
+            simd,
+            f(e.0),
+            f(o.0),
+            counters::<S, SR>(simd, ie, io, keys[0]),
+            &mut self.p.h[i..i + w2],
+        );
+        bf16_interleaved(
+            simd,
+            f(e.1),
+            f(o.1),
+            counters::<S, SR>(simd, ie, io, keys[1]),
+            &mut self.v.h[i..i + w2],
+        );
+        if R::GA {
+            bf16_interleaved(
+                simd,
+                f(e.2),
+                f(o.2),
+                counters::<S, SR>(simd, ie, io, keys[2]),
+                &mut self.a.h[i..i + w2],
+            );
+        }
+        if R::B {
+            bf16_interleaved(
+                simd,
+                f(e.3),
+                f(o.3),
+                counters::<S, SR>(simd, ie, io, keys[3]),
+                &mut self.b.h[i..i + w2],
+            );
+        }
+    }
+
+    /// All-bf16 with AVX512-BF16: the first `n / 2w * 2w` elements, a pair of vectors per load
+    /// (one 64-byte load per buffer split into even and odd elements by a shift and a mask,
+    /// instead of two widening loads; one rounding instruction and one permutation per buffer
+    /// and pair). Returns how many elements it stepped; `idx` is advanced past them.
+    #[inline(always)]
+    fn drive_pairs<S: Simd, R: VectorRule<S, T>>(
+        &mut self,
+        simd: S,
+        rule: &R,
+        k: &Splat<S, T>,
+        n: usize,
+        idx: &mut S::u32s,
+        iota: S::u32s,
+    ) -> usize {
+        let w2 = 2 * T::lanes::<S>();
+        let done = n / w2 * w2;
+        if done == 0 {
+            return 0;
+        }
+        let step = simd.splat_u32s(w2 as u32);
+        let mut head = self.head(done);
+        // Software-pipelined as the loop of single vectors (`drive`).
+        let mut out = head.step_pair(simd, rule, k, 0);
+        let mut i = w2;
+        while i + w2 <= done {
+            head.prefetch::<S, R>(i);
+            let next = head.step_pair(simd, rule, k, i);
+            head.store_pair::<S, R>(simd, k, i - w2, *idx, iota, out);
+            out = next;
+            *idx = simd.add_u32s(*idx, step);
+            i += w2;
+        }
+        head.store_pair::<S, R>(simd, k, done - w2, *idx, iota, out);
+        *idx = simd.add_u32s(*idx, step);
+        done
+    }
+
     /// The vector at `i`, stepped (not yet stored).
     #[inline(always)]
     fn step<S: Simd, R: VectorRule<S, T>>(
@@ -454,16 +667,7 @@ impl<
         k: &Splat<S, T>,
         i: usize,
     ) -> Updated<T::Vector<S>> {
-        let g = ld::<S, T, G>(simd, self.g.n, self.g.h, i);
-        let g = if X & PRE != 0 {
-            T::vmul(
-                simd,
-                T::vclamp(simd, T::vmul(simd, g, k.inv), k.lo, k.hi),
-                k.mul,
-            )
-        } else {
-            g
-        };
+        let g = Self::pre(simd, k, ld::<S, T, G>(simd, self.g.n, self.g.h, i));
         let p = ld::<S, T, P>(simd, self.p.n, self.p.h, i);
         let v = ld::<S, T, V>(simd, self.v.n, self.v.h, i);
         let ga = if R::GA {
@@ -583,12 +787,17 @@ impl<
         // Software-pipelined: vector i is rounded and stored after vector i + 1 is stepped, so
         // the rounding of a result that waits on the divider does not fill the scheduler ahead
         // of the next vector's loads (a plain loop ran at half the speed).
-        if full > 0 {
+        let start = if X & CVT != 0 && P == B && G == B && V == B && C == N {
+            self.drive_pairs::<S, R>(simd, rule, &k, n, &mut idx, iota)
+        } else {
+            0
+        };
+        if full > start {
             // Every buffer cut to exactly `full`, and the loop condition the bounds check's own
             // (`i + w <= full`): the compiler drops the per-buffer checks from the loop.
             let mut head = self.head(full);
-            let mut out = head.step(simd, rule, &k, 0);
-            let mut i = w;
+            let mut out = head.step(simd, rule, &k, start);
+            let mut i = start + w;
             while i + w <= full {
                 head.prefetch::<S, R>(i);
                 let next = head.step(simd, rule, &k, i);

@@ -212,6 +212,7 @@ pub(crate) trait VectorRule<S: Simd, T: Element> {
 }
 
 /// How far ahead of the element being stepped each stream is prefetched, in bytes.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) const PREFETCH_BYTES: usize = 2048;
 
 /// A hint to bring the cache line [`PREFETCH_BYTES`] past `s[i]` into the cache (on x86-64;
