@@ -583,42 +583,29 @@ impl<
         iota: S::u32s,
         [e, o]: [Updated<T::Vector<S>>; 2],
     ) {
+        // One buffer's pair: a plain `fn`, as closures are not inlined into pulp's
+        // target-feature context.
+        #[inline(always)]
+        fn one<S: Simd, T: Element, const SR: bool>(
+            simd: S,
+            (e, o): (T::Vector<S>, T::Vector<S>),
+            (ie, io, key): (S::u32s, S::u32s, S::u32s),
+            d: &mut [u16],
+        ) {
+            let (e, o) = (T::to_f32s::<S>(e), T::to_f32s::<S>(o));
+            bf16_interleaved(simd, e, o, counters::<S, SR>(simd, ie, io, key), d);
+        }
         let w2 = 2 * T::lanes::<S>();
         let ie = simd.add_u32s(idx, iota);
         let io = simd.add_u32s(ie, simd.splat_u32s(1));
-        let f = |x: T::Vector<S>| T::to_f32s::<S>(x);
-        let keys = &k.keys;
-        bf16_interleaved(
-            simd,
-            f(e.0),
-            f(o.0),
-            counters::<S, SR>(simd, ie, io, keys[0]),
-            &mut self.p.h[i..i + w2],
-        );
-        bf16_interleaved(
-            simd,
-            f(e.1),
-            f(o.1),
-            counters::<S, SR>(simd, ie, io, keys[1]),
-            &mut self.v.h[i..i + w2],
-        );
+        let [kp, kv, ka, kb] = k.keys;
+        one::<S, T, SR>(simd, (e.0, o.0), (ie, io, kp), &mut self.p.h[i..i + w2]);
+        one::<S, T, SR>(simd, (e.1, o.1), (ie, io, kv), &mut self.v.h[i..i + w2]);
         if R::GA {
-            bf16_interleaved(
-                simd,
-                f(e.2),
-                f(o.2),
-                counters::<S, SR>(simd, ie, io, keys[2]),
-                &mut self.a.h[i..i + w2],
-            );
+            one::<S, T, SR>(simd, (e.2, o.2), (ie, io, ka), &mut self.a.h[i..i + w2]);
         }
         if R::B {
-            bf16_interleaved(
-                simd,
-                f(e.3),
-                f(o.3),
-                counters::<S, SR>(simd, ie, io, keys[3]),
-                &mut self.b.h[i..i + w2],
-            );
+            one::<S, T, SR>(simd, (e.3, o.3), (ie, io, kb), &mut self.b.h[i..i + w2]);
         }
     }
 
