@@ -317,7 +317,14 @@ fn bf16_interleaved<S: Simd>(
     if let Some(&v4) = (&simd as &dyn core::any::Any).downcast_ref::<pulp::x86::V4>() {
         let c = bytemuck::cast::<S::f32s, pulp::f32x16>;
         let cu = bytemuck::cast::<S::u32s, pulp::u32x16>;
-        if let Some(h) = cvt_pair_m512(v4, c(e), c(o), re.map(cu), ro.map(cu)) {
+        if let (Some(re), Some(ro)) = (re, ro) {
+            // Stochastic: lane k's low half is `e[k]`'s, its high half `o[k]`'s: interleaved.
+            if let Some(out) = sr_pair_m512(v4, c(e), c(o), cu(re), cu(ro)) {
+                let out: [u16; 32] = pulp::cast(out);
+                d[..32].copy_from_slice(&out);
+                return;
+            }
+        } else if let Some(h) = cvt_pair_m512(v4, c(e), c(o)) {
             let out = v4
                 .avx512bw
                 ._mm512_permutexvar_epi16(pulp::cast(INTERLEAVE), h);
@@ -333,10 +340,60 @@ fn bf16_interleaved<S: Simd>(
     bytemuck::cast_slice_mut::<u16, u8>(&mut d[..n]).copy_from_slice(bytemuck::bytes_of(&bits));
 }
 
+/// Stochastic rounding of `x` and `y` to bf16 with the random words `rx`, `ry`, by integer
+/// arithmetic alone, as [`bf16_sr`] (subnormals included): `(bits + (r & 0xFFFF)) >> 16`, lane
+/// `k` of the result holding `x[k]`'s bf16 in its low half and `y[k]`'s in its high half (the
+/// interleaved order). `None` if a lane is past the largest finite bf16 (or infinite, or NaN):
+/// those round to nearest-even instead.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn sr_pair_m512(
+    simd: pulp::x86::V4,
+    x: pulp::f32x16,
+    y: pulp::f32x16,
+    rx: pulp::u32x16,
+    ry: pulp::u32x16,
+) -> Option<core::arch::x86_64::__m512i> {
+    use pulp::cast;
+    let f = simd.avx512f;
+    let (ux, uy): (pulp::u32x16, pulp::u32x16) = (cast(x), cast(y));
+    let abs = simd.splat_u32s(0x7FFF_FFFF);
+    let max = cast(simd.splat_u32s(0x7F7F_0000));
+    let big_x = f._mm512_cmpgt_epu32_mask(cast(simd.and_u32s(ux, abs)), max);
+    let big_y = f._mm512_cmpgt_epu32_mask(cast(simd.and_u32s(uy, abs)), max);
+    if big_x | big_y != 0 {
+        return None;
+    }
+    // No carry reaches the sign: `|x| <= 0x7F7F_0000`, so `|x| + 0xFFFF < 2^31`.
+    let low = simd.splat_u32s(0xFFFF);
+    let tx = simd.add_u32s(ux, simd.and_u32s(rx, low));
+    let ty = simd.add_u32s(uy, simd.and_u32s(ry, low));
+    // 0xCA is `a ? b : c` bit by bit: `y`'s results in the high halves, `x`'s (shifted down)
+    // in the low ones.
+    Some(f._mm512_ternarylogic_epi32::<0xCA>(
+        cast(simd.splat_u32s(0xFFFF_0000)),
+        cast(ty),
+        f._mm512_srli_epi32::<16>(cast(tx)),
+    ))
+}
+
+/// The inverse of [`INTERLEAVE`]: the even 16-bit lanes, then the odd ones.
+#[cfg(target_arch = "x86_64")]
+const DEINTERLEAVE: [u16; 32] = {
+    let mut t = [0u16; 32];
+    let mut k = 0;
+    while k < 16 {
+        t[k] = 2 * k as u16;
+        t[16 + k] = 2 * k as u16 + 1;
+        k += 1;
+    }
+    t
+};
+
 /// Two vectors rounded to bf16 (nearest-even, or stochastic from the counters `rx`, `ry`) into
 /// `dx` and `dy` (one vector's worth each), the same bits as [`bf16_rne`] / [`bf16_sr`]: on
-/// AVX-512 through `vcvtne2ps2bf16` (callers pass
-/// [`CVT`] only where the CPU has AVX512-BF16), elsewhere lane by lane.
+/// AVX-512, nearest-even through `vcvtne2ps2bf16` (callers pass [`CVT`] only where the CPU has
+/// AVX512-BF16) and stochastic by [`sr_pair_m512`]; elsewhere lane by lane.
 #[inline(always)]
 fn bf16_pair<S: Simd>(
     simd: S,
@@ -353,11 +410,23 @@ fn bf16_pair<S: Simd>(
     if let Some(&v4) = (&simd as &dyn core::any::Any).downcast_ref::<pulp::x86::V4>() {
         let c = bytemuck::cast::<S::f32s, pulp::f32x16>;
         let cu = bytemuck::cast::<S::u32s, pulp::u32x16>;
-        if let Some(h) = cvt_pair_m512(v4, c(x), c(y), rx.map(cu), ry.map(cu)) {
+        #[inline(always)]
+        fn split(h: core::arch::x86_64::__m512i, dx: &mut [u16], dy: &mut [u16]) {
             let h: [u16; 32] = pulp::cast(h);
             dx[..16].copy_from_slice(&h[..16]);
             dy[..16].copy_from_slice(&h[16..]);
-            return;
+        }
+        // (No closures: see `st`.)
+        if let (Some(rx), Some(ry)) = (rx, ry) {
+            if let Some(h) = sr_pair_m512(v4, c(x), c(y), cu(rx), cu(ry)) {
+                // Interleaved; the permutation puts `x`'s 16 results first.
+                let h = v4
+                    .avx512bw
+                    ._mm512_permutexvar_epi16(pulp::cast(DEINTERLEAVE), h);
+                return split(h, dx, dy);
+            }
+        } else if let Some(h) = cvt_pair_m512(v4, c(x), c(y)) {
+            return split(h, dx, dy);
         }
     }
     narrow_u16::<S>(round_bf16(simd, x, rx), dx);
@@ -372,8 +441,8 @@ fn round_bf16<S: Simd>(simd: S, x: S::f32s, r: Option<S::u32s>) -> S::u32s {
     }
 }
 
-/// `x` and `y` through `vcvtne2ps2bf16`, after stochastic rounding's truncation where random
-/// words are given; `None` if a lane to convert is subnormal (the instruction would flush it).
+/// `x` and `y` through `vcvtne2ps2bf16` (nearest-even); `None` if a lane is subnormal (the
+/// instruction would flush it).
 /// (Not inlined in unoptimised builds, as `crate::sqrt`'s AVX-512 path: stack frames.)
 #[cfg(target_arch = "x86_64")]
 #[cfg_attr(not(debug_assertions), inline(always))]
@@ -381,46 +450,18 @@ fn cvt_pair_m512(
     simd: pulp::x86::V4,
     x: pulp::f32x16,
     y: pulp::f32x16,
-    rx: Option<pulp::u32x16>,
-    ry: Option<pulp::u32x16>,
 ) -> Option<core::arch::x86_64::__m512i> {
-    let x = sr_truncate(simd, x, rx);
-    let y = sr_truncate(simd, y, ry);
+    use pulp::cast;
     let f = simd.avx512dq;
     // fpclass 0x20: denormal.
-    let sub = f._mm512_fpclass_ps_mask::<0x20>(x) | f._mm512_fpclass_ps_mask::<0x20>(y);
+    let sub = f._mm512_fpclass_ps_mask::<0x20>(cast(x)) | f._mm512_fpclass_ps_mask::<0x20>(cast(y));
     if sub != 0 {
         return None;
     }
     // SAFETY: `V4` proves AVX-512F; `CVT` (the only way here) is set only when the CPU has
     // AVX512-BF16 (`bf16_instruction`).
     #[allow(unsafe_code)]
-    Some(unsafe { vcvtne2ps2bf16(y, x) })
-}
-
-/// Stochastic rounding's integer step before the conversion: where `|x| <= 0x7F7F_0000` (the
-/// lanes [`bf16_sr`] does not hand to nearest-even), the low 16 random bits added and the low
-/// half cleared, so the conversion is exact; other lanes (and all, without `r`) as they are.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn sr_truncate(
-    simd: pulp::x86::V4,
-    x: pulp::f32x16,
-    r: Option<pulp::u32x16>,
-) -> core::arch::x86_64::__m512 {
-    use pulp::cast;
-    let Some(r) = r else { return cast(x) };
-    let f = simd.avx512f;
-    let u: pulp::u32x16 = cast(x);
-    let a = simd.and_u32s(u, simd.splat_u32s(0x7FFF_FFFF));
-    let small = f._mm512_cmple_epu32_mask(cast(a), cast(simd.splat_u32s(0x7F7F_0000)));
-    let t = f._mm512_mask_add_epi32(
-        cast(u),
-        small,
-        cast(u),
-        cast(simd.and_u32s(r, simd.splat_u32s(0xFFFF))),
-    );
-    cast(f._mm512_mask_and_epi32(t, small, t, cast(simd.splat_u32s(0xFFFF_0000))))
+    Some(unsafe { vcvtne2ps2bf16(cast(y), cast(x)) })
 }
 
 /// `vcvtne2ps2bf16 out, hi, lo`: `lo` in the low 16 bf16 lanes of `out`, `hi` in the high 16,

@@ -372,6 +372,66 @@ where
     }
 }
 
+/// Stochastic rounding of all-bf16 results just past `bf16::MAX`, which must round to
+/// nearest-even, in vectors with no NaN or infinity (the special grid has a NaN in every vector,
+/// so it never reaches the fused loop's integer fast path with such lanes).
+fn sr_past_bf16_max(kind: BackendKind, test: &str) {
+    let Some(backend) = backend_or_skip(kind, test) else {
+        return;
+    };
+    let n = 256;
+    let sign = |i: usize| if i.is_multiple_of(2) { 1.0f32 } else { -1.0 };
+    let start = Mixed::<bf16, bf16, bf16> {
+        params: (0..n)
+            .map(|i| bf16::from_f32(sign(i) * bf16::MAX.to_f32()))
+            .collect(),
+        // Against the parameter's sign, so the step moves it outwards; `square_avg` stays
+        // about 1, so the step is about `lr * |g|`.
+        grads: (0..n)
+            .map(|i| bf16::from_f32(-sign(i) * (0.5 + (i % 5) as f32 * 0.25)))
+            .collect(),
+        square_avg: vec![bf16::ONE; n],
+        grad_avg: vec![bf16::ZERO; n],
+        momentum_buffer: vec![bf16::ZERO; n],
+        copy_bf16: vec![bf16::ZERO; n],
+        copy_f16: vec![f16::ZERO; n],
+    };
+    let (mut maxes, mut infinities) = (0, 0);
+    for kernel in kernels_for(backend) {
+        // Steps of 1e35 to 1.2e36, under bf16's ulp at MAX (2^120, about 1.3e36): the f32
+        // results lie between bf16::MAX and f32::MAX.
+        for lr in [2e35, 5e35, 8e35] {
+            for step in 0..4 {
+                let hp = Hyperparameters {
+                    lr,
+                    ..Hyperparameters::default()
+                };
+                let opts = StepOptions {
+                    rounding: Rounding::Stochastic { seed: 3, step },
+                    ..StepOptions::default()
+                };
+                let (mut got, mut want) = (start.clone(), start.clone());
+                want.step(None, &hp, &opts, None, 0..n).unwrap();
+                got.step(Some(&kernel), &hp, &opts, None, 0..n).unwrap();
+                got.assert_same(&want, &|| {
+                    format!("{} lr={lr} step={step}", kernel.backend())
+                });
+                maxes += want
+                    .params
+                    .iter()
+                    .filter(|p| p.to_f32().abs() == bf16::MAX.to_f32())
+                    .count();
+                infinities += want.params.iter().filter(|p| p.is_infinite()).count();
+            }
+        }
+    }
+    // Both outcomes occur, so the lanes did land past MAX on both sides of the midpoint.
+    assert!(
+        maxes > 0 && infinities > 0,
+        "{maxes} at MAX, {infinities} infinite"
+    );
+}
+
 fn short_lengths() -> Vec<usize> {
     if cfg!(miri) {
         vec![0, 1, 3, 33]
@@ -398,6 +458,12 @@ macro_rules! combos {
                     }
                 };
             }
+            #[test]
+            #[cfg_attr(miri, ignore = "too slow under miri")]
+            fn stochastic_rounding_past_bf16_max() {
+                sr_past_bf16_max($kind, module_path!());
+            }
+
             combo!(master_f32_grads_f32, f32, f32, f32, true);
             combo!(master_f32_grads_bf16, f32, bf16, f32, true);
             combo!(master_f32_grads_f16, f32, f16, f32, true);
