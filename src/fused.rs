@@ -2,10 +2,11 @@
 //! AVX2, each vector is loaded (widened from 16-bit storage), its gradient pre-processed,
 //! stepped and rounded back in registers, so the conversions overlap the divider instead of
 //! adding to it. On AVX-512 the square root avoids the divider ([`crate::sqrt`]), and where the
-//! CPU has AVX512-BF16 the bf16 results are rounded by `vcvtne2ps2bf16` (all-bf16 storage: 32
-//! elements per load, split into even and odd elements, rounded per buffer and interleaved back,
-//! [`Fused::drive_pairs`]; or the master weights' bf16 copy); without the gradient
-//! pre-processing its identity operations are not executed. Every stream is prefetched
+//! CPU has AVX512-BF16 the bf16 results are rounded to nearest-even by `vcvtne2ps2bf16`
+//! (all-bf16 storage: 32 elements per load, split into even and odd elements, rounded per buffer
+//! and interleaved back, [`Fused::drive_pairs`]; or the master weights' bf16 copy) and
+//! stochastically by integer arithmetic, two vectors per merge ([`sr_pair_m512`]); without the
+//! gradient pre-processing its identity operations are not executed. Every stream is prefetched
 //! ([`crate::kernel::prefetch`]). (`roofline --mixed` at 3e7 elements, all-bf16: 1.69-1.81x the
 //! f32 kernel's elements per second, against 1.35x with the integer rounding and 0.74x staged.)
 //!
